@@ -1,0 +1,79 @@
+"""Turn a shard sample's raw bytes into arrays, reading only the members m2fdist writes.
+
+Shards may come from anyone, so nothing here calls pickle or torch.load: ``.json`` goes through
+``json.loads``, ``.mp4`` through decord, ``.wav`` through the stdlib ``wave`` module. Any other member
+(``.pyd``, ``.pth``, ...) is never decoded; it is dropped with a warning naming the extension.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch  # noqa: F401  (torch must load before decord: decord2 preloads CUDA libs that break CPU convs)
+
+from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
+
+NUM_FRAMES = 15
+KNOWN_MEMBERS = {"json", "mp4", "wav"}
+_warned: set[str] = set()
+
+
+class ShardDecodeError(RuntimeError):
+    """A sample that cannot be decoded; the message names the shard and key."""
+
+
+def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """``num_frames`` frames spread uniformly over the clip, as uint8 [T, H, W, 3].
+
+    Clips shorter than ``num_frames`` repeat frames, so every sample has the same T. ``size`` is
+    (width, height) for decord to resize to; None keeps the clip's own size.
+    """
+    import decord
+
+    source = io.BytesIO(video) if isinstance(video, bytes) else str(video)
+    kwargs = {"width": size[0], "height": size[1]} if size else {}
+    try:
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, **kwargs)
+        n = len(reader)
+        if n == 0:
+            raise MediaError("video has no frames")
+        idx = np.linspace(0, n - 1, num_frames).round().astype(int)
+        frames = reader.get_batch(idx.tolist()).asnumpy()
+    except decord.DECORDError as e:
+        raise MediaError(f"decord could not read the video: {str(e).splitlines()[0][:200]}") from e
+    return frames
+
+
+def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES,
+                  frame_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Raw WebDataset sample (``__key__``, ``__url__``, member bytes) → meta, frames and waveform."""
+    key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
+    where = f"{url}:{key}"
+    for ext in raw:
+        if not ext.startswith("__") and ext not in KNOWN_MEMBERS and ext not in _warned:
+            _warned.add(ext)
+            warnings.warn(f"{where}: ignoring shard member .{ext} (m2fdist never decodes unknown members)",
+                          stacklevel=2)
+    missing = KNOWN_MEMBERS - raw.keys()
+    if missing:
+        raise ShardDecodeError(f"{where}: sample lacks .{', .'.join(sorted(missing))}")
+    try:
+        meta = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
+    if not isinstance(meta, dict) or "label_id" not in meta:
+        raise ShardDecodeError(f"{where}: .json member is not an m2fdist sample (no label_id)")
+    try:
+        frames = sample_frames(raw["mp4"], num_frames, frame_size)
+        audio, rate = read_wav(raw["wav"])
+    except MediaError as e:
+        raise ShardDecodeError(f"{where}: {e.reason}") from e
+    if rate != SAMPLE_RATE:
+        raise ShardDecodeError(f"{where}: .wav is {rate} Hz, shards hold {SAMPLE_RATE} Hz")
+    return {"key": key, "meta": meta, "frames": frames, "audio": audio}

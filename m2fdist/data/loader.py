@@ -1,0 +1,133 @@
+"""WebDataset loaders over packed shards: utterance samples and dialog samples, decoded on the fly.
+
+Batches are built inside the workers (so decoding and padding run in parallel) and the DataLoader only
+forwards them. ``len(loader)`` is the number of batches this rank yields, the same on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from m2fdist.data.collate import collate_dialogs, collate_utterances
+from m2fdist.data.decode import NUM_FRAMES, decode_sample
+from m2fdist.data.stream import (
+    Slot,
+    eval_stream,
+    eval_units_per_slot,
+    train_batches_per_rank,
+    train_stream,
+    worker_share,
+)
+from m2fdist.pack.index import load_index
+
+
+@dataclass
+class LoaderConfig:
+    level: str = "utterance"  # or "dialog"
+    batch_size: int = 8
+    num_workers: int = 2
+    train: bool = True
+    num_frames: int = NUM_FRAMES
+    frame_size: tuple[int, int] | None = None  # (width, height); None keeps the packed size
+    shuffle_buffer: int = 64
+    seed: int = 0
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """Rank and world size from torch.distributed when it is up, else from the launcher's env vars."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardDataset(IterableDataset):
+    """One split of a shards folder, as batches for one rank."""
+
+    def __init__(self, shards: Path, split: str, config: LoaderConfig, rank: int | None = None,
+                 world_size: int | None = None):
+        super().__init__()
+        if config.level not in ("utterance", "dialog"):
+            raise ValueError(f"level must be 'utterance' or 'dialog', not {config.level!r}")
+        if config.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        index = load_index(shards)
+        if split not in index["splits"]:
+            raise KeyError(f"split {split!r} not in {shards}/index.json (has {sorted(index['splits'])})")
+        entry = index["splits"][split]
+        self.urls = [str(Path(shards) / s["url"]) for s in entry["shards"]]
+        self.units = entry["dialogs"] if config.level == "dialog" else entry["samples"]
+        self.config = config
+        default_rank, default_world = dist_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        self.workers = max(1, config.num_workers)
+        self.epoch = 0
+        if config.train and train_batches_per_rank(self.units, self.world_size, config.batch_size) == 0:
+            raise ValueError(
+                f"{split} has {self.units} {config.level}s, fewer than world size {self.world_size} × "
+                f"batch size {config.batch_size}: lower the batch size"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for a new epoch; call before iterating the loader (workers are re-created)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        c = self.config
+        if c.train:
+            return train_batches_per_rank(self.units, self.world_size, c.batch_size)
+        per_slot = eval_units_per_slot(self.units, self.world_size * self.workers)
+        return self.workers * -(-per_slot // c.batch_size)
+
+    def _slot(self) -> tuple[Slot, int]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        return Slot(self.rank * self.workers + worker, self.world_size * self.workers), worker
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        c = self.config
+        slot, worker = self._slot()
+        dialogs = c.level == "dialog"
+        if c.train:
+            n_batches = worker_share(len(self), self.workers, worker)
+            stream = ((u, True) for u in train_stream(self.urls, slot, dialogs, c.seed, self.epoch, c.shuffle_buffer))
+        else:
+            n_batches = len(self) // self.workers
+            stream = eval_stream(self.urls, slot, dialogs, self.units)
+        batch: list[dict[str, Any]] = []
+        made = 0
+        for unit, valid in stream:
+            if made == n_batches:
+                break
+            batch.append(self._decode(unit, valid))
+            if len(batch) == c.batch_size:
+                yield self._collate(batch)
+                batch, made = [], made + 1
+        if batch and made < n_batches:
+            yield self._collate(batch)
+
+    def _decode(self, unit: dict[str, Any], valid: bool) -> dict[str, Any]:
+        c = self.config
+        if c.level == "dialog":
+            utts = [decode_sample(s, c.num_frames, c.frame_size) for s in unit["utterances"]]
+            return {"dialog": unit["dialog"], "utterances": utts, "valid": valid}
+        return {**decode_sample(unit, c.num_frames, c.frame_size), "valid": valid}
+
+    def _collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_dialogs(batch) if self.config.level == "dialog" else collate_utterances(batch)
+
+
+def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, rank: int | None = None,
+                world_size: int | None = None) -> DataLoader:
+    """A DataLoader yielding collated batches; ``loader.dataset.set_epoch(e)`` before each epoch."""
+    config = config or LoaderConfig()
+    dataset = ShardDataset(shards, split, config, rank, world_size)
+    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+                      persistent_workers=False, prefetch_factor=2 if config.num_workers else None)

@@ -1,0 +1,142 @@
+"""Encode one planned shard and write it, tar first, then its stats file as the completion marker.
+
+A shard's tar is written under a temporary name and renamed when complete; the stats file is written
+(atomically) after that. A killed pack therefore leaves at most a stray ``.tmp``; a rerun treats a
+shard as done only when both its tar and stats exist and agree on the size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m2fdist.media import Encoded, MediaError, encode_utterance
+from m2fdist.pack.plan import ShardPlan
+from m2fdist.raw.base import Skip, Utterance
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    max_side: int = 320
+    max_seconds: float = 60.0
+    long_clips: str = "trim"  # or "skip"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_side": self.max_side, "max_seconds": self.max_seconds, "long_clips": self.long_clips}
+
+
+def stats_path(out: Path, name: str) -> Path:
+    return out / f"{name}.stats.json"
+
+
+def is_finished(out: Path, name: str) -> bool:
+    stats, tar = stats_path(out, name), out / f"{name}.tar"
+    if not (stats.is_file() and tar.is_file()):
+        return False
+    try:
+        return json.loads(stats.read_text())["bytes"] == tar.stat().st_size
+    except (ValueError, KeyError):
+        return False
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _sample_json(u: Utterance, root: Path, enc: Encoded) -> dict[str, Any]:
+    meta = u.meta()
+    src = meta["source"]
+    meta["source"] = (
+        {k: _relative(v, root) for k, v in src.items()} if isinstance(src, dict) else _relative(src, root)
+    )
+    meta["key"] = u.key
+    meta["trimmed"] = enc.trimmed
+    if enc.source_duration is not None:
+        meta["source_duration"] = round(enc.source_duration, 3)
+    return meta
+
+
+def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
+    """Members of one sample, consecutive, named ``{key}.{ext}``: the layout WebDataset groups by key.
+
+    Written with tarfile rather than webdataset's TarWriter so pack workers never import torch.
+    """
+    now = time.time()
+    for ext, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), now, 0o444
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, tick=None) -> dict[str, Any]:
+    """Encode every utterance of ``plan`` and write ``out/{name}.tar``; return (and save) its stats.
+
+    Media failures (corrupt clip, no audio, clip past ``max_seconds`` under ``long_clips=skip``) become
+    skips in the stats; the rest of the shard is still written.
+    """
+    t0 = time.time()
+    tar_path = out / f"{plan.name}.tar"
+    tmp_path = out / f"{plan.name}.tar.tmp"
+    skipped: list[dict] = []
+    trimmed: list[dict] = []
+    keys: list[str] = []
+    labels: Counter[str] = Counter()
+    dialogs: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="m2fdist-pack-") as work, open(tmp_path, "wb") as f:
+        tar = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
+        mp4, wav = Path(work) / "clip.mp4", Path(work) / "clip.wav"
+        for u in plan.utterances:
+            try:
+                enc = encode_utterance(
+                    Path(u.video), mp4, wav, max_side=options.max_side, max_seconds=options.max_seconds,
+                    start=u.cut_start, end=u.cut_end, audio=Path(u.audio) if u.audio else None,
+                )
+                if enc.trimmed and options.long_clips == "skip":
+                    raise MediaError(
+                        f"clip is {enc.source_duration:.1f}s long, past --max-seconds {options.max_seconds:g}"
+                    )
+            except MediaError as e:
+                skipped.append(Skip(u.dataset, u.split, e.reason, u.dialog, u.utt, _relative(u.video, root)).to_json())
+                if tick:
+                    tick(1)
+                continue
+            meta = _sample_json(u, root, enc)
+            if enc.trimmed:
+                trimmed.append({"key": u.key, "source": meta["source"], "source_duration": meta["source_duration"]})
+            _add_sample(tar, u.key, {
+                "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+                "mp4": mp4.read_bytes(),
+                "wav": wav.read_bytes(),
+            })
+            keys.append(u.key)
+            labels[u.label] += 1
+            if not dialogs or dialogs[-1] != u.dialog:
+                dialogs.append(u.dialog)
+            if tick:
+                tick(1)
+        tar.close()
+    os.replace(tmp_path, tar_path)
+    stats = {
+        "shard": tar_path.name, "split": plan.split, "count": len(keys), "bytes": tar_path.stat().st_size,
+        "est_bytes": plan.est_bytes, "dialogs": len(dialogs), "labels": dict(sorted(labels.items())),
+        "keys": keys, "skipped": skipped, "trimmed": trimmed, "seconds": round(time.time() - t0, 2),
+    }
+    write_json_atomic(stats_path(out, plan.name), stats)
+    return stats

@@ -1,0 +1,20 @@
+"""Readers of raw corpora: they pair annotations with media files and record what they leave out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from m2fdist.raw.base import Corpus, Skip, Utterance
+from m2fdist.raw.iemocap import read_iemocap
+from m2fdist.raw.meld import read_meld
+
+READERS = {"meld": read_meld, "iemocap": read_iemocap}
+
+
+def read_corpus(dataset: str, root: Path, **options) -> Corpus:
+    if dataset not in READERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(READERS)}")
+    return READERS[dataset](Path(root), **options)
+
+
+__all__ = ["Corpus", "Skip", "Utterance", "read_corpus", "read_meld", "read_iemocap", "READERS"]

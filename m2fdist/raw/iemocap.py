@@ -1,0 +1,124 @@
+"""Reader for IEMOCAP_full_release (DESIGN §4).
+
+Labels and time spans come from ``dialog/EmoEvaluation``, text from ``dialog/transcriptions``, audio
+from ``sentences/wav`` and video from the dialog's avi, out of which the packer cuts each turn's span.
+Sessions 1–4 train, with a seeded fraction of their dialogs held out as dev; session 5 is test.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from m2fdist.labels import label_id
+from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
+
+_EVAL = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t")
+_TRANS = re.compile(r"^(\S+)\s+\[(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\]:\s?(.*)$")
+_SESSION = re.compile(r"^Session(\d+)$")
+
+
+def parse_evaluation(path: Path) -> list[tuple[float, float, str, str]]:
+    """(start, end, turn, label) for every turn line of an EmoEvaluation file."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = _EVAL.match(line)
+        if m:
+            out.append((float(m.group(1)), float(m.group(2)), m.group(3), m.group(4)))
+    return out
+
+
+def parse_transcription(path: Path) -> dict[str, str]:
+    """turn → text; noise lines without a time span (``M: [BREATHING]``) carry no turn and are ignored."""
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        m = _TRANS.match(line.strip())
+        if m:
+            out[m.group(1)] = m.group(4).strip()
+    return out
+
+
+def speaker_of(turn: str) -> str:
+    """``Ses01F_impro01_M000`` was spoken by session 1's male actor, ``Ses01M``."""
+    gender = turn.rsplit("_", 1)[-1][:1]
+    return turn[:5] + gender
+
+
+def dev_dialogs(train_dialogs: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of sessions 1–4's dialogs, the same on every machine."""
+    names = sorted(train_dialogs)
+    random.Random(seed).shuffle(names)
+    return set(names[: round(fraction * len(names))])
+
+
+def read_iemocap(
+    root: Path, context: int = 8, dev_fraction: float = 0.1, dev_seed: int = 0, test_session: int = 5
+) -> Corpus:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"IEMOCAP root {root} is not a directory")
+    sessions = sorted(
+        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _SESSION.match(p.name))
+    )
+    if not sessions:
+        raise FileNotFoundError(f"no Session1..Session5 folders under {root}; is this IEMOCAP_full_release?")
+    skipped: list[Skip] = []
+    per_dialog: dict[str, tuple[int, list[Utterance]]] = {}
+    for number, session in sessions:
+        eval_dir = session / "dialog" / "EmoEvaluation"
+        if not eval_dir.is_dir():
+            skipped.append(Skip("iemocap", None, "session has no dialog/EmoEvaluation", source=str(session)))
+            continue
+        for eval_file in sorted(eval_dir.glob("*.txt")):
+            dialog = eval_file.stem
+            per_dialog[dialog] = (number, _read_dialog(session, dialog, eval_file, skipped))
+    train_names = [d for d, (s, _) in per_dialog.items() if s != test_session]
+    dev = dev_dialogs(train_names, dev_fraction, dev_seed)
+    splits: dict[str, list[list[Utterance]]] = {"train": [], "dev": [], "test": []}
+    for dialog in sorted(per_dialog):
+        number, utts = per_dialog[dialog]
+        split = "test" if number == test_session else ("dev" if dialog in dev else "train")
+        for u in utts:
+            u.split = split
+            u.key = make_key("iemocap", split, u.utt)
+        if utts:
+            splits[split].append(utts)
+    for s in skipped:
+        if s.split is None and s.dialog in per_dialog:
+            number = per_dialog[s.dialog][0]
+            s.split = "test" if number == test_session else ("dev" if s.dialog in dev else "train")
+    for dialogs in splits.values():
+        add_context(dialogs, context)
+    return Corpus("iemocap", {k: v for k, v in splits.items() if v}, skipped)
+
+
+def _read_dialog(session: Path, dialog: str, eval_file: Path, skipped: list[Skip]) -> list[Utterance]:
+    turns = parse_evaluation(eval_file)
+    trans_file = session / "dialog" / "transcriptions" / f"{dialog}.txt"
+    texts = parse_transcription(trans_file) if trans_file.is_file() else {}
+    avi = session / "dialog" / "avi" / "DivX" / f"{dialog}.avi"
+    utts = []
+    for start, end, turn, label in sorted(turns):
+        wav = session / "sentences" / "wav" / dialog / f"{turn}.wav"
+        skip = Skip("iemocap", None, "", dialog=dialog, utt=turn, source=str(wav))
+        lid = label_id("iemocap", label)
+        if lid is None:
+            skip.reason = f"label {label!r} is not one of the six ERC labels"
+        elif not avi.is_file():
+            skip.reason, skip.source = "dialog video missing", str(avi)
+        elif not wav.is_file():
+            skip.reason = "sentence wav missing"
+        elif turn not in texts:
+            skip.reason, skip.source = "no transcription line", str(trans_file)
+        elif end <= start:
+            skip.reason = f"empty time span [{start} - {end}]"
+        if skip.reason:
+            skipped.append(skip)
+            continue
+        utts.append(Utterance(
+            dataset="iemocap", split="", dialog=dialog, utt=turn, speaker=speaker_of(turn), text=texts[turn],
+            label=label, label_id=lid, start=start, end=end, video=str(avi), key="", audio=str(wav),
+            cut_start=start, cut_end=end, extra={"session": int(session.name[7:])},
+        ))
+    return utts

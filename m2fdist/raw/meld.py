@@ -1,0 +1,140 @@
+"""Reader for the MELD.Raw tree (DESIGN §4).
+
+MELD's CSVs are cp1252, not UTF-8 (0x92 is ’, 0x85 is …), and its clip folders hold files that do not
+match the CSVs: twins named ``final_videos_test*``, clips without a row, rows without a clip. The
+reader pairs rows with clips and records every mismatch; corrupt and wrongly cut clips are found
+later, when the packer decodes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+from m2fdist.labels import label_id
+from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
+
+CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
+CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime")
+_CLIP = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
+_TIME = re.compile(r"^(\d+):(\d+):(\d+)[,.](\d+)$")
+
+
+def decode_csv_bytes(data: bytes) -> str:
+    """UTF-8 when the file is valid UTF-8, else cp1252 (MELD's real encoding).
+
+    cp1252 leaves five bytes undefined; those fall back to Latin-1 so no byte is ever lost.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        out = data.decode("cp1252", errors="surrogateescape")
+    # Undefined cp1252 bytes came back as lone surrogates: map them to the Latin-1 code point instead.
+    return "".join(chr(ord(c) - 0xDC00) if 0xDC80 <= ord(c) <= 0xDCFF else c for c in out)
+
+
+def parse_time(value: str) -> float:
+    """``hh:mm:ss,mmm`` to seconds."""
+    m = _TIME.match(value.strip())
+    if not m:
+        raise ValueError(f"time {value!r} is not hh:mm:ss,mmm")
+    h, mnt, s, ms = m.groups()
+    return int(h) * 3600 + int(mnt) * 60 + int(s) + int(ms) / 10 ** len(ms)
+
+
+def _find(root: Path, name: str, want_dir: bool) -> Path | None:
+    """First match of ``name`` at most three levels under root: archives unpack with varying nesting."""
+    for depth in range(4):
+        pattern = "/".join(["*"] * depth + [name]) if depth else name
+        hits = sorted(p for p in root.glob(pattern) if p.is_dir() == want_dir)
+        if hits:
+            return hits[0]
+    return None
+
+
+def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", "dev", "test")) -> Corpus:
+    """Pair every CSV row of each split with its clip; record what cannot be paired."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MELD root {root} is not a directory")
+    result: dict[str, list[list[Utterance]]] = {}
+    skipped: list[Skip] = []
+    for split in splits:
+        csv_path = _find(root, CSV_NAMES[split], want_dir=False)
+        if csv_path is None:
+            continue
+        clip_dir = _find(root, CLIP_DIRS[split], want_dir=True)
+        if clip_dir is None:
+            raise FileNotFoundError(
+                f"found {csv_path} but no {CLIP_DIRS[split]}/ folder under {root}: unpack the {split} clips"
+            )
+        dialogs, split_skips = _read_split(split, csv_path, clip_dir)
+        add_context(dialogs, context)
+        result[split] = dialogs
+        skipped += split_skips
+    if not result:
+        raise FileNotFoundError(f"no MELD CSV ({', '.join(CSV_NAMES.values())}) under {root}")
+    return Corpus("meld", result, skipped)
+
+
+def _read_split(split: str, csv_path: Path, clip_dir: Path) -> tuple[list[list[Utterance]], list[Skip]]:
+    text = decode_csv_bytes(csv_path.read_bytes())
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    if rows and (missing := [c for c in COLUMNS if c not in rows[0]]):
+        raise ValueError(f"{csv_path}: missing columns {missing}; is this a MELD CSV?")
+    skips: list[Skip] = []
+    by_dialog: dict[int, dict[int, Utterance]] = {}
+    claimed: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{csv_path.name}:{line}"
+        try:
+            d, u = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+        except (TypeError, ValueError):
+            skips.append(Skip("meld", split, f"bad Dialogue_ID/Utterance_ID in row {where}", source=str(csv_path)))
+            continue
+        name = f"dia{d}_utt{u}.mp4"
+        clip = clip_dir / name
+        skip = Skip("meld", split, "", dialog=str(d), utt=str(u), source=str(clip))
+        emotion = (row["Emotion"] or "").strip().lower()
+        lid = label_id("meld", emotion)
+        if lid is None:
+            skip.reason = f"label {emotion!r} is not one of the seven MELD emotions ({where})"
+        elif d in by_dialog and u in by_dialog[d]:
+            skip.reason = f"duplicate CSV row for dia{d}_utt{u} ({where})"
+        elif not clip.is_file():
+            skip.reason = "clip missing"
+        else:
+            try:
+                start, end = parse_time(row["StartTime"]), parse_time(row["EndTime"])
+            except ValueError as e:
+                skip.reason = f"{e} ({where})"
+        claimed.add(name)
+        if skip.reason:
+            skips.append(skip)
+            continue
+        extra = {k: row.get(c) for k, c in (("sentiment", "Sentiment"), ("season", "Season"), ("episode", "Episode"))}
+        by_dialog.setdefault(d, {})[u] = Utterance(
+            dataset="meld", split=split, dialog=str(d), utt=str(u), speaker=row["Speaker"] or "",
+            text=row["Utterance"] or "", label=emotion, label_id=lid, start=start, end=end,
+            video=str(clip), key=make_key("meld", split, f"d{d:04d}", f"u{u:02d}"),
+            extra={k: v for k, v in extra.items() if v is not None},
+        )
+    for path in sorted(clip_dir.iterdir()):
+        if path.name in claimed or path.is_dir():
+            continue
+        m = _CLIP.match(path.name)
+        if path.name.startswith("final_videos_test"):
+            reason = "final_videos_test twin of a test clip"
+        elif m:
+            reason = "clip has no CSV row"
+        else:
+            reason = "not a MELD clip name"
+        skips.append(Skip("meld", split, reason, dialog=m.group(1) if m else None,
+                          utt=m.group(2) if m else None, source=str(path)))
+    dialogs = [[by_dialog[d][u] for u in sorted(by_dialog[d])] for d in sorted(by_dialog)]
+    return dialogs, skips
