@@ -1,0 +1,89 @@
+"""Losses against numbers worked out by hand, gradcheck in float64, and triplet mining."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m2fdist.losses import (
+    adaptive_margin_triplet_loss,
+    covariance_loss,
+    feature_extractor_loss,
+    mine_triplets,
+    variance_loss,
+)
+
+# Two triplets whose distances are easy by hand:
+#   1) a=(0,0) p=(0.3,0.4) n=(0.6,0.8): D(a,p)=0.5, D(a,n)=1, D(p,n)=0.5
+#      0.5 - (1 + 0.5)/2 + (1 + 2e^-2) + (1 + 2e^0) = 4 + 2e^-2 - 0.25 = 4.02067056647
+#   2) a=(1,0) p=(1,0.25) n=(1,1): D(a,p)=0.25, D(a,n)=1, D(p,n)=0.75
+#      0.25 - (1 + 0.75)/2 + (1 + 2e^-1) + (1 + 2e^0) = 3.375 + 2e^-1 = 4.11075888234
+A = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+P = torch.tensor([[0.3, 0.4], [1.0, 0.25]])
+N = torch.tensor([[0.6, 0.8], [1.0, 1.0]])
+AMT_1 = 3.75 + 2 * math.exp(-2)
+AMT_2 = 3.375 + 2 * math.exp(-1)
+
+
+def test_adaptive_margin_triplet_loss_by_hand():
+    assert adaptive_margin_triplet_loss(A[:1], P[:1], N[:1]).item() == pytest.approx(4.02067056647, abs=1e-6)
+    assert adaptive_margin_triplet_loss(A[1:], P[1:], N[1:]).item() == pytest.approx(4.11075888234, abs=1e-6)
+    assert adaptive_margin_triplet_loss(A, P, N).item() == pytest.approx((AMT_1 + AMT_2) / 2, abs=1e-6)
+
+
+def test_variance_and_covariance_by_hand():
+    # columns: var 2 (std ~1.414, above 1: no penalty) and var 0 (std sqrt(1e-4) = 0.01: penalty 0.99); / d = 2
+    z = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    assert variance_loss(z).item() == pytest.approx(0.99 / 2, abs=1e-6)
+    # cov = [[2, 2], [2, 2]]: off-diagonal squares 4 + 4 = 8, / d = 2
+    z = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    assert covariance_loss(z).item() == pytest.approx(4.0, abs=1e-6)
+    # uncorrelated unit-variance columns cost nothing
+    z = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]) * math.sqrt(0.75)
+    assert covariance_loss(z).item() == pytest.approx(0.0, abs=1e-7)
+    assert variance_loss(z).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_feature_extractor_loss_weights():
+    amt = adaptive_margin_triplet_loss(A, P, N)
+    cov = sum(covariance_loss(z) for z in (A, P, N))
+    var = sum(variance_loss(z) for z in (A, P, N))
+    assert feature_extractor_loss(A, P, N).item() == pytest.approx((20 * amt + 5 * cov + var).item(), rel=1e-6)
+    assert feature_extractor_loss(A, P, N, weights=(1, 0, 0)).item() == pytest.approx(amt.item(), rel=1e-6)
+    assert feature_extractor_loss(A, P, N, weights=(0, 5, 1)).item() == pytest.approx((5 * cov + var).item(), rel=1e-6)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    a, p, n = (torch.randn(5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(adaptive_margin_triplet_loss, (a, p, n))
+    assert torch.autograd.gradcheck(lambda x, y, z: feature_extractor_loss(x, y, z), (a, p, n))
+    assert torch.autograd.gradcheck(variance_loss, (a * 0.3,))
+    assert torch.autograd.gradcheck(covariance_loss, (a,))
+
+
+def test_mining_all_valid_triplets():
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    a, p, n = mine_triplets(labels)
+    # label 0: 2 anchors x 1 positive x 3 negatives; label 1: 3 anchors x 2 positives x 2 negatives
+    assert len(a) == 2 * 1 * 3 + 3 * 2 * 2
+    assert (labels[a] == labels[p]).all() and (labels[a] != labels[n]).all() and (a != p).all()
+    assert len(set(zip(a.tolist(), p.tolist(), n.tolist(), strict=True))) == len(a)
+    a, _, _ = mine_triplets(labels, max_triplets=5, generator=torch.Generator().manual_seed(0))
+    assert len(a) == 5
+    assert len(mine_triplets(torch.tensor([3, 3, 3]))[0]) == 0  # no negatives, no triplet
+
+
+def test_mining_semihard():
+    labels = torch.tensor([0, 0, 1, 1])
+    emb = torch.tensor([[0.0], [1.0], [1.5], [5.0]])
+    a, p, n = mine_triplets(labels, emb, mode="semihard", margin=1.0)
+    d = torch.cdist(emb, emb)
+    assert len(a) > 0
+    assert ((d[a, n] > d[a, p]) & (d[a, n] < d[a, p] + 1.0)).all()
+    with pytest.raises(ValueError, match="needs the embeddings"):
+        mine_triplets(labels, mode="semihard")
+    with pytest.raises(ValueError, match="'all' or 'semihard'"):
+        mine_triplets(labels, mode="hard")
