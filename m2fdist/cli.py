@@ -134,10 +134,50 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive(int), default=4)
     e.add_argument("--workers", type=int, default=0)
     e.set_defaults(func=cmd_peek)
+
+    t = sub.add_parser("tiny-text", help="build a tiny random RoBERTa + local tokenizer from shard texts")
+    t.add_argument("--shards", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--hidden", type=int, default=32)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--vocab", type=int, default=500)
+    t.set_defaults(func=cmd_tiny_text)
+    for name, what in (("train", "train a stage (see m2fdist.train; under `deepspeed` use launch/train.py)"),
+                       ("extract", "write dialog feature shards from exported extractors"),
+                       ("export", "one safetensors model from a stage's sharded checkpoint")):
+        sub.add_parser(name, help=what, add_help=False)
     return p
 
 
+def cmd_tiny_text(args: argparse.Namespace) -> int:
+    import json
+
+    from m2fdist.data.stream import read_samples
+    from m2fdist.models.tiny_text import build_tiny_roberta
+    from m2fdist.pack import load_index
+
+    index = load_index(args.shards)
+    texts = []
+    for entry in index["splits"].values():
+        for shard in entry["shards"]:
+            for sample in read_samples([str(args.shards / shard["url"])]):
+                texts.append(json.loads(sample["json"])["text"])
+    build_tiny_roberta(args.out, texts, vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers)
+    print(f"tiny RoBERTa (hidden {args.hidden}, {args.layers} layers) with a tokenizer trained on "
+          f"{len(texts)} utterances: {args.out}")
+    return 0
+
+
+# Subcommands that own their whole argument list (key=value overrides, launcher flags).
+DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

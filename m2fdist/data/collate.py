@@ -36,16 +36,16 @@ def _pad_audio(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def collate_utterances(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    frames, frame_hw = _pad_frames([s["frames"] for s in samples])
-    audio, audio_len, audio_mask = _pad_audio([s["audio"] for s in samples])
+    """Batch utterances; ``frames`` / ``audio`` are present when they were decoded."""
     metas = [s["meta"] for s in samples]
+    media: dict[str, Any] = {}
+    if "frames" in samples[0]:
+        media["frames"], media["frame_hw"] = _pad_frames([s["frames"] for s in samples])
+    if "audio" in samples[0]:
+        media["audio"], media["audio_len"], media["audio_mask"] = _pad_audio([s["audio"] for s in samples])
     return {
         "keys": [s["key"] for s in samples],
-        "frames": frames,
-        "frame_hw": frame_hw,
-        "audio": audio,
-        "audio_len": audio_len,
-        "audio_mask": audio_mask,
+        **media,
         "labels": torch.tensor([m["label_id"] for m in metas], dtype=torch.long),
         "valid": torch.tensor([s.get("valid", True) for s in samples], dtype=torch.bool),
         "text": [m["text"] for m in metas],
@@ -62,37 +62,33 @@ def collate_dialogs(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
     k = max(len(d["utterances"]) for d in dialogs)
     flat = [u for d in dialogs for u in d["utterances"]]
     inner = collate_utterances(flat)
-    frames, audio = inner["frames"], inner["audio"]
-    out_frames = torch.zeros((b, k, *frames.shape[1:]), dtype=frames.dtype)
-    out_audio = torch.zeros((b, k, audio.shape[1]), dtype=audio.dtype)
-    audio_len = torch.zeros((b, k), dtype=torch.long)
-    frame_hw = torch.zeros((b, k, 2), dtype=torch.long)
-    labels = torch.full((b, k), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((b, k), dtype=torch.bool)
-    pos = 0
-    for i, d in enumerate(dialogs):
-        n = len(d["utterances"])
-        out_frames[i, :n] = frames[pos : pos + n]
-        out_audio[i, :n] = audio[pos : pos + n]
-        audio_len[i, :n] = inner["audio_len"][pos : pos + n]
-        frame_hw[i, :n] = inner["frame_hw"][pos : pos + n]
-        labels[i, :n] = inner["labels"][pos : pos + n]
-        mask[i, :n] = True
-        pos += n
+    counts = [len(d["utterances"]) for d in dialogs]
+    mask = torch.arange(k)[None, :] < torch.tensor(counts)[:, None]
+
+    def spread(x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """[sum k_i, ...] → [B, K, ...], padded with ``fill``."""
+        out = torch.full((b, k, *x.shape[1:]), fill, dtype=x.dtype)
+        out[mask] = x
+        return out
+
+    out: dict[str, Any] = {}
+    if "frames" in inner:
+        out["frames"], out["frame_hw"] = spread(inner["frames"]), spread(inner["frame_hw"])
+    if "audio" in inner:
+        out["audio"], out["audio_len"] = spread(inner["audio"]), spread(inner["audio_len"])
+        out["audio_mask"] = torch.arange(out["audio"].shape[2])[None, None, :] < out["audio_len"][..., None]
+    labels = spread(inner["labels"], IGNORE_INDEX)
     valid = torch.tensor([d.get("valid", True) for d in dialogs], dtype=torch.bool)
     labels[~valid] = IGNORE_INDEX
     groups = [[u["key"] for u in d["utterances"]] for d in dialogs]
     return {
         "keys": groups,
         "dialog": [d["dialog"] for d in dialogs],
-        "frames": out_frames,
-        "frame_hw": frame_hw,
-        "audio": out_audio,
-        "audio_len": audio_len,
-        "audio_mask": torch.arange(out_audio.shape[2])[None, None, :] < audio_len[..., None],
+        **out,
         "labels": labels,
         "mask": mask,
         "valid": valid,
         "text": [[u["meta"]["text"] for u in d["utterances"]] for d in dialogs],
         "speaker": [[u["meta"].get("speaker", "") for u in d["utterances"]] for d in dialogs],
+        "meta": [[u["meta"] for u in d["utterances"]] for d in dialogs],
     }

@@ -19,7 +19,7 @@ import torch  # noqa: F401  (torch must load before decord: decord2 preloads CUD
 from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
 
 NUM_FRAMES = 15
-KNOWN_MEMBERS = {"json", "mp4", "wav"}
+KNOWN_MEMBERS = {"json", "mp4", "wav", "text.npy", "audio.npy", "visual.npy", "labels.npy"}
 _warned: set[str] = set()
 
 
@@ -50,9 +50,12 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
     return frames
 
 
-def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES,
-                  frame_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Raw WebDataset sample (``__key__``, ``__url__``, member bytes) → meta, frames and waveform."""
+def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES, frame_size: tuple[int, int] | None = None,
+                  members: tuple[str, ...] = ("json", "mp4", "wav")) -> dict[str, Any]:
+    """Raw WebDataset sample (``__key__``, ``__url__``, member bytes) → meta, frames and waveform.
+
+    Only ``members`` are decoded (json always): the text stage never pays for video decoding.
+    """
     key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
     where = f"{url}:{key}"
     for ext in raw:
@@ -60,7 +63,7 @@ def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES,
             _warned.add(ext)
             warnings.warn(f"{where}: ignoring shard member .{ext} (m2fdist never decodes unknown members)",
                           stacklevel=2)
-    missing = KNOWN_MEMBERS - raw.keys()
+    missing = ({"json"} | set(members)) - raw.keys()
     if missing:
         raise ShardDecodeError(f"{where}: sample lacks .{', .'.join(sorted(missing))}")
     try:
@@ -69,11 +72,14 @@ def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES,
         raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
     if not isinstance(meta, dict) or "label_id" not in meta:
         raise ShardDecodeError(f"{where}: .json member is not an m2fdist sample (no label_id)")
+    out: dict[str, Any] = {"key": key, "meta": meta}
     try:
-        frames = sample_frames(raw["mp4"], num_frames, frame_size)
-        audio, rate = read_wav(raw["wav"])
+        if "mp4" in members:
+            out["frames"] = sample_frames(raw["mp4"], num_frames, frame_size)
+        if "wav" in members:
+            out["audio"], rate = read_wav(raw["wav"])
+            if rate != SAMPLE_RATE:
+                raise MediaError(f".wav is {rate} Hz, shards hold {SAMPLE_RATE} Hz")
     except MediaError as e:
         raise ShardDecodeError(f"{where}: {e.reason}") from e
-    if rate != SAMPLE_RATE:
-        raise ShardDecodeError(f"{where}: .wav is {rate} Hz, shards hold {SAMPLE_RATE} Hz")
-    return {"key": key, "meta": meta, "frames": frames, "audio": audio}
+    return out

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2fdist.data.collate import collate_dialogs, collate_utterances
 from m2fdist.data.decode import NUM_FRAMES, decode_sample
+from m2fdist.data.features import collate_features, decode_features
 from m2fdist.data.stream import (
     Slot,
     eval_stream,
@@ -30,7 +31,7 @@ from m2fdist.pack.index import load_index
 
 @dataclass
 class LoaderConfig:
-    level: str = "utterance"  # or "dialog"
+    level: str = "utterance"  # "dialog" groups a dialog's utterances; "features" reads dialog feature shards
     batch_size: int = 8
     num_workers: int = 2
     train: bool = True
@@ -38,6 +39,8 @@ class LoaderConfig:
     frame_size: tuple[int, int] | None = None  # (width, height); None keeps the packed size
     shuffle_buffer: int = 64
     seed: int = 0
+    # Members to decode: a stage that needs only text skips video and audio decoding altogether.
+    members: tuple[str, ...] = ("json", "mp4", "wav")
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -53,8 +56,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, shards: Path, split: str, config: LoaderConfig, rank: int | None = None,
                  world_size: int | None = None):
         super().__init__()
-        if config.level not in ("utterance", "dialog"):
-            raise ValueError(f"level must be 'utterance' or 'dialog', not {config.level!r}")
+        if config.level not in ("utterance", "dialog", "features"):
+            raise ValueError(f"level must be 'utterance', 'dialog' or 'features', not {config.level!r}")
         if config.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         index = load_index(shards)
@@ -69,15 +72,22 @@ class ShardDataset(IterableDataset):
         self.world_size = default_world if world_size is None else world_size
         self.workers = max(1, config.num_workers)
         self.epoch = 0
+        self.skip_batches = 0
         if config.train and train_batches_per_rank(self.units, self.world_size, config.batch_size) == 0:
             raise ValueError(
                 f"{split} has {self.units} {config.level}s, fewer than world size {self.world_size} × "
                 f"batch size {config.batch_size}: lower the batch size"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for a new epoch; call before iterating the loader (workers are re-created)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Reshuffle for a new epoch; call before iterating the loader (workers are re-created).
+
+        ``skip_batches`` resumes mid-epoch: the first batches this rank already trained on are skipped
+        before decoding, so the rest of the epoch is exactly what an uninterrupted run would have seen.
+        """
+        if not 0 <= skip_batches <= len(self):
+            raise ValueError(f"cannot skip {skip_batches} of {len(self)} batches")
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def __len__(self) -> int:
         c = self.config
@@ -98,6 +108,11 @@ class ShardDataset(IterableDataset):
         if c.train:
             n_batches = worker_share(len(self), self.workers, worker)
             stream = ((u, True) for u in train_stream(self.urls, slot, dialogs, c.seed, self.epoch, c.shuffle_buffer))
+            # The DataLoader takes batches from workers round-robin: batch i came from worker i mod W.
+            skipped = worker_share(self.skip_batches, self.workers, worker)
+            for _ in range(skipped * c.batch_size):
+                next(stream)
+            n_batches -= skipped
         else:
             n_batches = len(self) // self.workers
             stream = eval_stream(self.urls, slot, dialogs, self.units)
@@ -115,13 +130,18 @@ class ShardDataset(IterableDataset):
 
     def _decode(self, unit: dict[str, Any], valid: bool) -> dict[str, Any]:
         c = self.config
+        if c.level == "features":
+            return {**decode_features(unit), "valid": valid}
         if c.level == "dialog":
-            utts = [decode_sample(s, c.num_frames, c.frame_size) for s in unit["utterances"]]
+            utts = [decode_sample(s, c.num_frames, c.frame_size, c.members) for s in unit["utterances"]]
             return {"dialog": unit["dialog"], "utterances": utts, "valid": valid}
-        return {**decode_sample(unit, c.num_frames, c.frame_size), "valid": valid}
+        return {**decode_sample(unit, c.num_frames, c.frame_size, c.members), "valid": valid}
 
     def _collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate_dialogs(batch) if self.config.level == "dialog" else collate_utterances(batch)
+        level = self.config.level
+        if level == "features":
+            return collate_features(batch)
+        return collate_dialogs(batch) if level == "dialog" else collate_utterances(batch)
 
 
 def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, rank: int | None = None,

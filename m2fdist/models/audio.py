@@ -83,11 +83,12 @@ class AudioExtractor(nn.Module):
         wave = fit_length(audio, lengths, int(c.seconds * SAMPLE_RATE))
         if self.training and c.augment:
             wave = add_white_noise(wave, c.snr_db)
-        spec = torch.log(self.mel(wave) + 1e-6)  # [B, mels, T]
+        # The STFT runs in float32 whatever the model's precision (bf16 engines cast buffers too).
+        spec = torch.log(self.mel.float()(wave.float()) + 1e-6)  # [B, mels, T]
         if self.training and c.augment and c.warp > 0:
             spec = time_warp(spec, c.warp)
         spec = (spec - spec.mean(dim=(1, 2), keepdim=True)) / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)
-        return spec.unsqueeze(1).expand(-1, 3, -1, -1)
+        return spec.unsqueeze(1).expand(-1, 3, -1, -1).to(self.proj.weight.dtype)
 
     def forward(self, audio: Tensor, lengths: Tensor | None = None) -> Tensor:
         """[B, L] waveforms at 16 kHz → [B, embed_dim] unit vectors."""

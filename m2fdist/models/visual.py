@@ -133,7 +133,7 @@ class VisualExtractor(nn.Module):
         if rois:
             size = self.config.face_size
             crops = roi_align(images, torch.cat(rois), (size, size), aligned=True)
-            emb = self.face(crops) * torch.cat(weights)[:, None]
+            emb = self.face(crops.to(self.face.proj.weight.dtype)).float() * torch.cat(weights)[:, None]
             per_frame = per_frame.index_add(0, torch.tensor(owner, device=images.device), emb)
         return per_frame.reshape(b, t, -1).amax(dim=1)
 
@@ -149,7 +149,7 @@ class VisualExtractor(nn.Module):
                           half, half, hw[:, 1:2] - 0.5, hw[:, 0:1] - 0.5], dim=1)
         size = self.config.scene_size
         crops = roi_align(images, rois, (size, size), aligned=True)
-        return self.scene(crops).reshape(b, t, -1).amax(dim=1)
+        return self.scene(crops.to(self.scene.proj.weight.dtype)).float().reshape(b, t, -1).amax(dim=1)
 
     def forward(self, frames: Tensor, frame_hw: Tensor, boxes: list[list[Tensor]] | None = None) -> Tensor:
         """frames uint8 [B, T, H, W, 3], frame_hw [B, 2] → D_V features [B, out_dim]."""

@@ -1,0 +1,97 @@
+"""Dialog feature shards: what ``m2fdist extract`` writes and the fusion stage reads.
+
+One sample per dialog, keyed like its utterances' dialog: ``.json`` (dialog, utterance keys, labels),
+``.text.npy`` [k, D_T], ``.audio.npy`` [k, D_A], ``.visual.npy`` [k, D_V] and ``.labels.npy`` [k]. Arrays
+are ``.npy`` read with ``allow_pickle=False``: feature shards are as untrusted as any other shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from m2fdist.data.collate import IGNORE_INDEX
+from m2fdist.data.decode import ShardDecodeError
+
+FEATURES = ("text", "audio", "visual")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:  # raised for object arrays, i.e. pickles
+        raise ShardDecodeError(f"{where}: not a plain .npy array ({e})") from e
+
+
+class FeatureShardWriter:
+    """Append dialog feature samples to one tar (written under a temporary name, renamed on close)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        members = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+        members.update({f"{name}.npy": npy_bytes(a) for name, a in arrays.items()})
+        now = time.time()
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), now, 0o444
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self.tar.close()
+        self.tmp.replace(self.path)
+
+
+def decode_features(raw: dict[str, Any]) -> dict[str, Any]:
+    where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+    missing = {"json", "labels.npy"} - raw.keys()
+    if missing:
+        raise ShardDecodeError(f"{where}: feature sample lacks {sorted(missing)}")
+    try:
+        meta = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
+    out = {"key": raw.get("__key__"), "meta": meta, "labels": load_npy(raw["labels.npy"], where)}
+    for name in FEATURES:
+        if f"{name}.npy" in raw:
+            out[name] = load_npy(raw[f"{name}.npy"], where).astype(np.float32)
+    return out
+
+
+def collate_features(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
+    """[B, K, D] per modality, labels [B, K] padded with -100, mask [B, K]."""
+    b = len(dialogs)
+    k = max(len(d["labels"]) for d in dialogs)
+    counts = torch.tensor([len(d["labels"]) for d in dialogs])
+    mask = torch.arange(k)[None, :] < counts[:, None]
+    labels = torch.full((b, k), IGNORE_INDEX, dtype=torch.long)
+    labels[mask] = torch.from_numpy(np.concatenate([d["labels"] for d in dialogs])).long()
+    valid = torch.tensor([d.get("valid", True) for d in dialogs], dtype=torch.bool)
+    labels[~valid] = IGNORE_INDEX
+    out: dict[str, Any] = {"keys": [d["meta"].get("keys", []) for d in dialogs],
+                           "dialog": [d["meta"].get("dialog") for d in dialogs],
+                           "labels": labels, "mask": mask, "valid": valid}
+    for name in FEATURES:
+        if name in dialogs[0]:
+            x = torch.zeros((b, k, dialogs[0][name].shape[1]), dtype=torch.float32)
+            x[mask] = torch.from_numpy(np.concatenate([d[name] for d in dialogs]))
+            out[name] = x
+    return out

@@ -1,0 +1,123 @@
+"""``m2fdist export``: one safetensors model (+ its config) from a stage's sharded DeepSpeed checkpoint.
+
+The fp32 weights are rebuilt from the ZeRO shards by DeepSpeed's zero_to_fp32; the text stage also
+saves its encoder's config and tokenizer, so the export loads anywhere without the original checkpoint
+or the hub. Loading an export reads safetensors and JSON only (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from m2fdist import checkpoint
+from m2fdist.config import RunConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run saved, turned back into a checked RunConfig."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run's output_dir?")
+    return from_dict(json.loads(path.read_text()))
+
+
+def from_dict(raw: dict[str, Any]) -> RunConfig:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
+
+
+def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Consolidated fp32 weights of a tag, whatever its ZeRO stage."""
+    files = list((Path(ckpt_dir) / tag).glob("*optim_states.pt"))
+    if files:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    # ZeRO stage 0 keeps the whole module in the model-states file. Like every DeepSpeed checkpoint it is a
+    # pickle: export only checkpoints you trust (the export itself is safetensors).
+    states = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
+    """Write ``out`` (default run_dir/export): model.safetensors, config.json and, for text, the encoder."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if tag in ("best", "latest"):
+        name = checkpoint.read_pointer(ckpt_dir, tag) or checkpoint.read_pointer(ckpt_dir, "latest")
+        if name is None:
+            raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
+        tag = name
+    state = fp32_state_dict(ckpt_dir, tag)
+    out = Path(out or run_dir / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}, indent=1))
+    if cfg.stage == "text":
+        from transformers import AutoConfig, AutoTokenizer
+
+        enc_dir = out / "text_encoder"
+        shutil.rmtree(enc_dir, ignore_errors=True)
+        AutoConfig.from_pretrained(cfg.text.model).save_pretrained(enc_dir)
+        AutoTokenizer.from_pretrained(cfg.text.model).save_pretrained(enc_dir)
+    return out
+
+
+def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module]:
+    """(config, model in eval mode) from an export folder."""
+    from safetensors.torch import load_file
+
+    from m2fdist.stages import STAGES
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path / WEIGHTS} not found: run `m2fdist export` first")
+    meta = json.loads((path / CONFIG).read_text())
+    cfg = from_dict(meta["run"])
+    if cfg.stage == "text":
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from m2fdist.models.text import TextModel
+
+        enc = path / "text_encoder"
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(enc), add_pooling_layer=False)
+        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text)
+    else:
+        model = STAGES[cfg.stage](cfg).build_model()
+    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return cfg, model.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="m2fdist export", description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a stage's output_dir")
+    p.add_argument("--tag", default="best", help="best, latest, or a checkpoint tag")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/export")
+    args = p.parse_args(argv)
+    print(export(args.run, args.tag, args.out))
+    return 0
+
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The stage interface: what the generic DeepSpeed loop in :mod:`m2fdist.train` needs from a stage.
+
+A stage builds its model and optimiser parameter groups, its loaders, the loss of one batch, and its
+evaluation outputs. Classifier stages (text, fusion) predict labels; extractor stages (audio, visual)
+return embeddings, scored by leave-one-out k-NN so their dev F1 can pick the best checkpoint too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from m2fdist.config import RunConfig
+from m2fdist.data import LoaderConfig, make_loader
+from m2fdist.labels import LABELS
+
+NO_DECAY = ("bias", "norm", "LayerNorm", "layer_norm", "bn")
+
+
+class Stage:
+    name = "base"
+    level = "utterance"
+    members: tuple[str, ...] = ("json", "mp4", "wav")
+    predicts_labels = True  # False: evaluate() returns embeddings for k-NN
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.names = list(LABELS[cfg.dataset])
+
+    # -- model ---------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """AdamW groups: pretrained encoder vs new layers (different lr), no weight decay on biases/norms."""
+        t = self.cfg.train
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = (self.is_pretrained(name), p.ndim <= 1 or any(k in name for k in NO_DECAY))
+            groups.setdefault(key, []).append(p)
+        return [{"params": ps, "lr": t.encoder_lr if pre else t.lr, "weight_decay": 0.0 if nodecay else t.weight_decay,
+                 "name": f"{'encoder' if pre else 'new'}{'_nodecay' if nodecay else ''}"}
+                for (pre, nodecay), ps in sorted(groups.items())]
+
+    def is_pretrained(self, param_name: str) -> bool:
+        return False
+
+    # -- data ----------------------------------------------------------------------------------------
+    def loader_config(self, train: bool) -> LoaderConfig:
+        d = self.cfg.data
+        size = (d.frame_width, d.frame_height) if d.frame_width and d.frame_height else None
+        return LoaderConfig(level=self.level, batch_size=d.batch_size, num_workers=d.num_workers, train=train,
+                            num_frames=d.num_frames, frame_size=size, shuffle_buffer=d.shuffle_buffer,
+                            seed=self.cfg.train.seed, members=self.members)
+
+    def loader(self, split: str, train: bool, rank: int, world: int):
+        return make_loader(Path(self.cfg.data.shards), split, self.loader_config(train), rank, world)
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(labels, outputs, keys) of the batch's valid rows: predictions, or embeddings for k-NN."""
+        raise NotImplementedError
+
+
+def to_device(x: Tensor, model: nn.Module) -> Tensor:
+    return x.to(next(model.parameters()).device)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype

@@ -1,0 +1,76 @@
+"""Audio and visual stages: extractors trained with the adaptive-margin triplet loss plus VICReg terms,
+triplets mined in the batch from the emotion labels. Evaluated by leave-one-out k-NN on embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2fdist.losses import feature_extractor_loss, mine_triplets
+from m2fdist.models.audio import AudioExtractor
+from m2fdist.models.visual import VisualExtractor
+from m2fdist.stages.base import Stage, model_dtype, to_device
+
+
+class ExtractorStage(Stage):
+    predicts_labels = False
+
+    def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
+        """One or more [B, D] embeddings per batch; each gets its own triplet loss."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        t = self.cfg.triplet
+        labels = to_device(batch["labels"], model)
+        total = None
+        for emb in self.embeddings(model, batch):
+            emb = emb.float()
+            a, p, n = mine_triplets(labels, emb.detach(), t.mining, t.max_triplets, t.margin)
+            if len(a) == 0:  # a batch of one emotion: no triplet, but every rank must still backward
+                part = emb.sum() * 0.0
+            else:
+                part = feature_extractor_loss(emb[a], emb[p], emb[n], tuple(t.weights))
+            total = part if total is None else total + part
+        return total
+
+    def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        emb = torch.cat([e.float() for e in self.embeddings(model, batch)], dim=-1).cpu().numpy()
+        valid = batch["valid"].numpy()
+        keys = [k for k, v in zip(batch["keys"], valid, strict=True) if v]
+        return batch["labels"].numpy()[valid], emb[valid], keys
+
+
+class AudioStage(ExtractorStage):
+    name = "audio"
+    members = ("json", "wav")
+
+    def build_model(self) -> nn.Module:
+        return AudioExtractor(self.cfg.audio)
+
+    def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
+        audio = to_device(batch["audio"], model).to(model_dtype(model))
+        return [model(audio, batch["audio_len"])]
+
+
+class VisualStage(ExtractorStage):
+    name = "visual"
+    members = ("json", "mp4")
+
+    def build_model(self) -> nn.Module:
+        return VisualExtractor(self.cfg.visual)
+
+    def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
+        inner: VisualExtractor = getattr(model, "module", model)
+        frames, hw = to_device(batch["frames"], model), batch["frame_hw"]
+        out = []
+        if inner.face is not None:
+            boxes = inner.detect(frames, hw)
+            # through the engine's forward would re-run MTCNN; the branches are called directly instead
+            out.append(F.normalize(inner.face_features(frames, boxes, hw), dim=-1))
+        if inner.scene is not None:
+            out.append(inner.scene_features(frames, hw))
+        return out

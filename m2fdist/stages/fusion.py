@@ -1,0 +1,40 @@
+"""Fusion stage: the dialog-level M2FNet over extracted per-utterance features, cross-entropy over all
+utterances of all dialogs in the batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2fdist.data.collate import IGNORE_INDEX
+from m2fdist.models.dialog import M2FNetDialog
+from m2fdist.stages.base import Stage, model_dtype, to_device
+
+FEATURE_OF = {"T": "text", "A": "audio", "V": "visual"}
+
+
+class FusionStage(Stage):
+    name = "fusion"
+    level = "features"
+
+    def build_model(self) -> nn.Module:
+        return M2FNetDialog(self.cfg.fusion)
+
+    def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        dtype = model_dtype(model)
+        feats = {FEATURE_OF[m]: to_device(batch[FEATURE_OF[m]], model).to(dtype) for m in self.cfg.fusion.modalities}
+        return model(to_device(batch["mask"], model), **feats)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        logits = self._logits(model, batch).float()
+        labels = to_device(batch["labels"], model)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        probs = self._logits(model, batch).float().softmax(-1).cpu().numpy()
+        real = (batch["mask"] & batch["valid"][:, None]).numpy()
+        keys = [k for row, ks in zip(real, batch["keys"], strict=True) for k, r in zip(ks, row, strict=False) if r]
+        return batch["labels"].numpy()[real], probs[real], keys
