@@ -1,11 +1,14 @@
-"""Entry for the deepspeed launcher: extraction of dialog feature shards, spread over ranks.
+"""Entry for the deepspeed launcher (and accelerate launch): extraction of dialog feature shards, spread over ranks.
 
-    deepspeed --num_gpus N launch/extract.py --config configs/meld/extract.yaml [key=value ...]
+    deepspeed [--hostfile H] [--num_gpus N] launch/extract.py --config configs/meld/extract.yaml [key=value ...]
+
+The import stays under the main guard: dataloader workers start from a forkserver that re-imports this
+file, and it must stay cheap.
 """
 
-import sys
-
-from m2fdist.extract import main
-
 if __name__ == "__main__":
+    import sys
+
+    from m2fdist.extract import main
+
     sys.exit(main())

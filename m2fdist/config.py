@@ -128,7 +128,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: RunConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{path or 'config'}: {str(e).splitlines()[0]}") from None
+        key = getattr(e, "full_key", None)
+        where = f"{path or 'config'}" + (f", key {key}" if key else "")
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     except ValueError as e:  # a sub-config's own check (e.g. fusion.modalities)
         raise ConfigError(str(e).splitlines()[0]) from None
     # keep the model configs consistent with the dataset

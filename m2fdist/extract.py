@@ -29,7 +29,7 @@ from m2fdist.export import load_exported
 from m2fdist.labels import LABELS
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
-from m2fdist.train import _single_process_env, parse_args
+from m2fdist.train import _single_process_env, parse_args, shutdown
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     run(cfg)
+    shutdown()
     return 0
 
 

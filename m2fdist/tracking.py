@@ -8,6 +8,7 @@ run continues the same W&B run. Nothing here reads or writes an API key.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ class Tracker:
         if wandb_cfg.mode != "disabled":
             import wandb
 
-            self.run_id = run_id or secrets.token_hex(4)
+            # a W&B sweep agent names the run in WANDB_RUN_ID; a resumed run brings its own id
+            self.run_id = run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
             self.run = wandb.init(
                 project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name, group=wandb_cfg.group,
                 tags=list(wandb_cfg.tags), id=self.run_id, resume="allow", mode=wandb_cfg.mode,

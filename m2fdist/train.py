@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -82,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-    return Trainer(cfg, ds_config).run()
+    rc = Trainer(cfg, ds_config).run()
+    shutdown()
+    return rc
+
+
+def shutdown() -> None:
+    """Leave the process group together: without it a node can die in C++ teardown (exit code 250)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _align_buffers(module: torch.nn.Module) -> None:
@@ -206,9 +216,12 @@ class Trainer:
                     self._save()
         final = self._evaluate(final=True)
         self._save()
+        peaks: list[Any] = [None] * self.world
+        dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if self.rank == 0:
             summary = {"stage": cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
-                       "best_dev_weighted_f1": st.best_f1, "metrics": final, "world_size": self.world}
+                       "best_dev_weighted_f1": st.best_f1, "metrics": final, "world_size": self.world,
+                       "peak_rss_mb_per_rank": [round(p) for p in peaks]}
             (self.out / "final.json").write_text(json.dumps(summary, indent=1))
         self.tracker.finish()
         dist.barrier()

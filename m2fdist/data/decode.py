@@ -50,6 +50,17 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
     return frames
 
 
+def load_json_member(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The sample's ``.json`` member as a dict, or a ShardDecodeError naming the sample."""
+    try:
+        meta = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ShardDecodeError(f"{where}: .json member is not a JSON object")
+    return meta
+
+
 def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES, frame_size: tuple[int, int] | None = None,
                   members: tuple[str, ...] = ("json", "mp4", "wav")) -> dict[str, Any]:
     """Raw WebDataset sample (``__key__``, ``__url__``, member bytes) → meta, frames and waveform.
@@ -66,11 +77,8 @@ def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES, frame_size:
     missing = ({"json"} | set(members)) - raw.keys()
     if missing:
         raise ShardDecodeError(f"{where}: sample lacks .{', .'.join(sorted(missing))}")
-    try:
-        meta = json.loads(raw["json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
-    if not isinstance(meta, dict) or "label_id" not in meta:
+    meta = load_json_member(raw, where)
+    if "label_id" not in meta:
         raise ShardDecodeError(f"{where}: .json member is not an m2fdist sample (no label_id)")
     out: dict[str, Any] = {"key": key, "meta": meta}
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from m2fdist.data.collate import IGNORE_INDEX
-from m2fdist.data.decode import ShardDecodeError
+from m2fdist.data.decode import ShardDecodeError, load_json_member
 
 FEATURES = ("text", "audio", "visual")
 
@@ -65,10 +65,7 @@ def decode_features(raw: dict[str, Any]) -> dict[str, Any]:
     missing = {"json", "labels.npy"} - raw.keys()
     if missing:
         raise ShardDecodeError(f"{where}: feature sample lacks {sorted(missing)}")
-    try:
-        meta = json.loads(raw["json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardDecodeError(f"{where}: .json member is not UTF-8 JSON ({e})") from e
+    meta = load_json_member(raw, where)
     out = {"key": raw.get("__key__"), "meta": meta, "labels": load_npy(raw["labels.npy"], where)}
     for name in FEATURES:
         if f"{name}.npy" in raw:

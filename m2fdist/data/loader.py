@@ -6,6 +6,7 @@ forwards them. ``len(loader)`` is the number of batches this rank yields, the sa
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,5 +150,14 @@ def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, ra
     """A DataLoader yielding collated batches; ``loader.dataset.set_epoch(e)`` before each epoch."""
     config = config or LoaderConfig()
     dataset = ShardDataset(shards, split, config, rank, world_size)
+    # Its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed run
+    # (global RNG restored from a checkpoint) would see different dropout masks than an uninterrupted one.
+    # Workers come from a forkserver, not a plain fork: a training process runs communication threads
+    # (gloo, DeepSpeed), and forking while one of them holds a lock can leave the child hung for ever.
+    context = None
+    if config.num_workers:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "m2fdist.data.loader"])
     return DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
-                      persistent_workers=False, prefetch_factor=2 if config.num_workers else None)
+                      persistent_workers=False, prefetch_factor=2 if config.num_workers else None,
+                      generator=torch.Generator().manual_seed(config.seed), multiprocessing_context=context)

@@ -57,8 +57,13 @@ def _find(root: Path, name: str, want_dir: bool) -> Path | None:
     return None
 
 
-def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", "dev", "test")) -> Corpus:
-    """Pair every CSV row of each split with its clip; record what cannot be paired."""
+def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", "dev", "test"),
+              require_labels: bool = True) -> Corpus:
+    """Pair every CSV row of each split with its clip; record what cannot be paired.
+
+    ``require_labels=False`` reads trees for prediction: the Emotion column may be missing or empty, and
+    such rows are kept with label "" and label_id -1.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MELD root {root} is not a directory")
@@ -73,7 +78,7 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
             raise FileNotFoundError(
                 f"found {csv_path} but no {CLIP_DIRS[split]}/ folder under {root}: unpack the {split} clips"
             )
-        dialogs, split_skips = _read_split(split, csv_path, clip_dir)
+        dialogs, split_skips = _read_split(split, csv_path, clip_dir, require_labels)
         add_context(dialogs, context)
         result[split] = dialogs
         skipped += split_skips
@@ -82,10 +87,12 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
     return Corpus("meld", result, skipped)
 
 
-def _read_split(split: str, csv_path: Path, clip_dir: Path) -> tuple[list[list[Utterance]], list[Skip]]:
+def _read_split(split: str, csv_path: Path, clip_dir: Path,
+                require_labels: bool = True) -> tuple[list[list[Utterance]], list[Skip]]:
     text = decode_csv_bytes(csv_path.read_bytes())
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    if rows and (missing := [c for c in COLUMNS if c not in rows[0]]):
+    needed = COLUMNS if require_labels else tuple(c for c in COLUMNS if c != "Emotion")
+    if rows and (missing := [c for c in needed if c not in rows[0]]):
         raise ValueError(f"{csv_path}: missing columns {missing}; is this a MELD CSV?")
     skips: list[Skip] = []
     by_dialog: dict[int, dict[int, Utterance]] = {}
@@ -100,8 +107,10 @@ def _read_split(split: str, csv_path: Path, clip_dir: Path) -> tuple[list[list[U
         name = f"dia{d}_utt{u}.mp4"
         clip = clip_dir / name
         skip = Skip("meld", split, "", dialog=str(d), utt=str(u), source=str(clip))
-        emotion = (row["Emotion"] or "").strip().lower()
+        emotion = (row.get("Emotion") or "").strip().lower()
         lid = label_id("meld", emotion)
+        if lid is None and not require_labels:
+            emotion, lid = "", -1
         if lid is None:
             skip.reason = f"label {emotion!r} is not one of the seven MELD emotions ({where})"
         elif d in by_dialog and u in by_dialog[d]:

@@ -1,0 +1,357 @@
+"""DeepSpeed training on CPU under the real launchers (2 gloo ranks), with the tiny configs.
+
+Each launch costs ~15 s, so one launch checks several things. The chain mirrors the pipeline:
+text / audio / visual stages → export → extract → fusion, then resume, world-size change, two nodes,
+accelerate, and the sweeps' commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from m2fdist.config import ConfigError, deepspeed_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True) -> int:
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, stdout=f, stderr=subprocess.STDOUT).returncode
+    if check and rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        pytest.fail(f"{shlex.join(cmd)} exited {rc}:\n{tail}")
+    return rc
+
+
+def deepspeed(script: str, config: str, overrides: list[str], log: Path, n: int = 2, **kw) -> int:
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", str(n), "--master_port", str(free_port()), script,
+           "--config", config, *overrides]
+    return run(cmd, log, **kw)
+
+
+def records(out: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def assert_loss_falls(out: Path, k: int = 3) -> None:
+    losses = [r["loss"] for r in records(out)]
+    assert len(losses) >= 2 * k
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    assert last < first, f"loss did not fall: {losses}"
+
+
+@pytest.fixture(scope="session")
+def work(meld_shards, tmp_path_factory) -> dict:
+    """Shards, a tiny RoBERTa built from their text, and a scratch folder for runs."""
+    shards, _ = meld_shards
+    base = tmp_path_factory.mktemp("train")
+    roberta = base / "roberta"
+    run([str(BIN / "m2fdist"), "tiny-text", "--shards", str(shards), "--out", str(roberta)], base / "tiny.log")
+    return {"shards": shards, "roberta": roberta, "base": base}
+
+
+def common(work: dict, out: Path) -> list[str]:
+    return [f"data.shards={work['shards']}", f"output_dir={out}", f"text.model={work['roberta']}"]
+
+
+@pytest.fixture(scope="session")
+def text_run(work) -> Path:
+    """Text stage, ZeRO 2 in fp32 (so the export must match the live engine exactly), W&B offline."""
+    out = work["base"] / "text"
+    deepspeed("launch/train.py", "configs/tiny/text.yaml",
+              [*common(work, out), "deepspeed=configs/ds/zero2_fp32.json", "train.epochs=6", "train.lr=3e-3",
+               "train.encoder_lr=3e-3", "data.batch_size=2"], work["base"] / "text.log")
+    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / "text_export.log")  # best, for extract
+    # the final evaluation's weights are the latest checkpoint: the round trip compares against those
+    run([str(BIN / "m2fdist"), "export", str(out), "--tag", "latest", "--out", str(out / "export_latest")],
+        work["base"] / "text_export_latest.log")
+    return out
+
+
+def train_and_export(work: dict, stage: str, overrides: list[str]) -> Path:
+    out = work["base"] / stage
+    deepspeed("launch/train.py", f"configs/tiny/{stage}.yaml", [*common(work, out), "wandb.mode=disabled", *overrides],
+              work["base"] / f"{stage}.log")
+    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / f"{stage}_export.log")
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_run(work) -> Path:
+    return train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4", "data.batch_size=4",
+                                            "audio.seconds=2.0"])
+
+
+@pytest.fixture(scope="session")
+def visual_run(work) -> Path:
+    return train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"])
+
+
+@pytest.fixture(scope="session")
+def features(work, text_run, audio_run, visual_run) -> Path:
+    out = work["base"] / "features"
+    deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
+              [f"data.shards={work['shards']}", "data.num_frames=3", f"extract.out={out}",
+               f"extract.text={text_run / 'export'}", f"extract.audio={audio_run / 'export'}",
+               f"extract.visual={visual_run / 'export'}"], work["base"] / "extract.log")
+    return out
+
+
+def fusion_args(work: dict, features: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.shards={features}", f"output_dir={out}", "fusion.dim_audio=16", "wandb.mode=disabled",
+            "data.eval_splits=[dev]", *extra]
+
+
+# -- configuration errors: found before any process group ----------------------------------------------
+
+
+def test_config_errors_are_clear(meld_shards, tmp_path):
+    shards = f"data.shards={meld_shards[0]}"
+    cases = [
+        (["nosuch.key=1"], "nosuch"),
+        (["train.max_steps=lots"], "max_steps"),
+        (["train.global_batch=7", "data.batch_size=2"], "not a multiple"),
+        (["precision=fp16"], "fp16 needs a GPU"),
+        (["stage=dance"], "stage must be one of"),
+        (["fusion.modalities=AV"], "fusion=concat"),
+        (["data.shards=/nowhere"], "no index.json"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            cfg = load_config("configs/tiny/fusion.yaml", [shards, *overrides])
+            deepspeed_config(cfg, world_size=2, device="cpu")
+    auto = tmp_path / "auto.json"
+    auto.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto"}))
+    with pytest.raises(ConfigError, match="auto"):
+        deepspeed_config(load_config("configs/tiny/fusion.yaml", [shards, f"deepspeed={auto}"]), 2, "cpu")
+    cfg = load_config("configs/tiny/fusion.yaml", [shards, "train.global_batch=8", "data.batch_size=2"])
+    ds = deepspeed_config(cfg, world_size=2, device="cpu")
+    assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
+    # the entry point reports them and exits 2 without starting anything
+    proc = subprocess.run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml", shards,
+                           "train.epochs=zero"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2 and "config error" in proc.stderr and "epochs" in proc.stderr
+
+
+# -- stages ----------------------------------------------------------------------------------------------
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """History rows of an offline W&B run, read from its .wandb log (LevelDB log format, protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunks, buf = 7, [], b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            chunks.append(buf + chunk)
+    rows = []
+    for c in chunks:
+        rec = pb.Record()
+        rec.ParseFromString(c)
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+    return rows
+
+
+def test_text_stage(text_run, work):
+    assert_loss_falls(text_run)
+    evals = records(text_run, "eval")
+    assert {r["split"] for r in evals} == {"dev", "test"}
+    for r in evals:
+        assert {"accuracy", "weighted_f1", "macro_f1", "per_class_f1", "confusion_matrix"} <= r.keys()
+        assert sum(map(sum, r["confusion_matrix"])) == r["count"]
+    final = json.loads((text_run / "final.json").read_text())
+    ckpts = text_run / "checkpoints"
+    assert (ckpts / "best").read_text() == final["best_tag"] and (ckpts / final["best_tag"]).is_dir()
+    assert len([p for p in ckpts.glob("step*") if p.is_dir()]) <= 3  # keep_last 2 + best
+    # W&B (offline) holds the per-step loss, lr, grad norm, samples/s and the eval metrics
+    history = wandb_history(text_run)
+    logged = {k for row in history for k in row}
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "dev/weighted_f1",
+            "test/accuracy", "dev/f1_neutral"} <= logged
+    losses = [row["train/loss"] for row in history if "train/loss" in row]
+    assert losses == pytest.approx([r["loss"] for r in records(text_run)])
+
+
+def test_text_export_predicts_like_the_engine(text_run, work):
+    from m2fdist.data import LoaderConfig, make_loader
+    from m2fdist.export import load_exported
+
+    cfg, model = load_exported(text_run / "export_latest")
+    live = {r["key"]: r for r in map(json.loads, (text_run / "predictions" / "dev.jsonl").read_text().splitlines())}
+    loader = make_loader(work["shards"], "dev", LoaderConfig(batch_size=4, num_workers=0, train=False,
+                                                            members=("json",)), rank=0, world_size=1)
+    seen = 0
+    with torch.no_grad():
+        for b in loader:
+            probs = model(**model.tokenize(b["text"], b["context_prev"], b["context_next"])).softmax(-1)
+            for key, p, valid in zip(b["keys"], probs, b["valid"], strict=True):
+                if valid:
+                    torch.testing.assert_close(p, torch.tensor(live[key]["probs"]), atol=1e-5, rtol=1e-4)
+                    seen += 1
+    assert seen == len(live) > 0
+
+
+def test_extractor_stages_zero3_bf16(audio_run, visual_run):
+    assert_loss_falls(audio_run)
+    assert json.loads((audio_run / "config.json").read_text())["deepspeed"].endswith("zero3.json")
+    assert records(visual_run) and all(r["loss"] == r["loss"] for r in records(visual_run))  # finite
+    for run_dir in (audio_run, visual_run):
+        assert (run_dir / "export" / "model.safetensors").is_file()
+        assert "weighted_f1" in records(run_dir, "eval")[-1]
+
+
+def test_extract_writes_dialog_features(features, meld_shards):
+    index = json.loads((features / "index.json").read_text())
+    source = meld_shards[1]
+    assert index["dims"] == {"text": 32, "audio": 16, "visual": 32}
+    for split, entry in index["splits"].items():
+        assert entry["dialogs"] == source["splits"][split]["dialogs"]
+        assert entry["utterances"] == source["splits"][split]["samples"]
+    stats = sorted(features.glob("*.stats.json"))
+    mtimes = [p.stat().st_mtime_ns for p in stats]
+    # a rerun finds every part done and rewrites nothing but the index
+    deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
+              [f"data.shards={meld_shards[0]}", "data.num_frames=3", f"extract.out={features}",
+               f"extract.text={index['extractors']['text']}", f"extract.audio={index['extractors']['audio']}",
+               f"extract.visual={index['extractors']['visual']}"], features.parent / "extract2.log")
+    assert [p.stat().st_mtime_ns for p in stats] == mtimes
+
+
+# -- fusion: exact resume, world-size change, two nodes, accelerate -----------------------------------------
+
+# 4 train dialogs, 2 ranks, batch 1: two steps an epoch, so the step-3 checkpoint sits mid-epoch
+RESUME = ["data.batch_size=1", "train.max_steps=8", "train.save_every=3", "train.log_every=1", "fusion.dropout=0.3",
+          "precision=bf16"]
+
+
+def test_killed_run_resumes_exactly(work, features):
+    a, b = work["base"] / "fusion_a", work["base"] / "fusion_b"
+    deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, a, *RESUME),
+              work["base"] / "a.log")
+    rc = deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, b, *RESUME),
+                   work["base"] / "b.log", env={**ENV, "M2FDIST_KILL_AT_STEP": "4"}, check=False)
+    assert rc != 0 and not (b / "final.json").exists()
+    assert (b / "checkpoints" / "latest").read_text() == "step00000003"
+    deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, b, *RESUME, "resume=auto"),
+              work["base"] / "b2.log")
+    loss_a = {r["step"]: r["loss"] for r in records(a)}
+    resumed = [r for r in records(b) if r["step"] > 3][-5:]  # the resumed run's steps
+    assert [r["step"] for r in resumed] == [4, 5, 6, 7, 8]
+    assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in range(4, 9)], rel=1e-6, abs=1e-7)
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(work, features):
+    """The 2-rank run's last checkpoint continues in one process (through a universal checkpoint)."""
+    b = work["base"] / "fusion_b"
+    tag = (b / "checkpoints" / "latest").read_text()
+    assert json.loads((b / "checkpoints" / tag / "m2fdist.json").read_text())["world_size"] == 2
+    out = work["base"] / "fusion_one"
+    run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
+         *fusion_args(work, features, out, *RESUME, "train.max_steps=12", f"resume={b / 'checkpoints' / tag}")],
+        work["base"] / "one.log")
+    steps = [r["step"] for r in records(out)]
+    assert steps[0] == 9 and steps[-1] == 12
+    assert all(r["loss"] == r["loss"] for r in records(out))
+    assert (b / "checkpoints" / f"{tag}_universal").is_dir()
+    assert json.loads((out / "final.json").read_text())["world_size"] == 1
+
+
+def test_two_nodes_on_one_machine(work, features, tmp_path):
+    out = work["base"] / "fusion_nodes"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = free_port()
+    cmd = lambda rank: [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),  # noqa: E731
+                        "--master_addr", "127.0.0.1", "--master_port", str(port), "launch/train.py",
+                        "--config", "configs/tiny/fusion.yaml",
+                        *fusion_args(work, features, out, "deepspeed=configs/ds/zero3.json", "train.epochs=12",
+                                     "train.lr=5e-3")]
+    logs = [(tmp_path / f"node{i}.log").open("w") for i in range(2)]
+    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    rcs = [p.wait(timeout=600) for p in procs]
+    assert rcs == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+    assert json.loads((out / "final.json").read_text())["world_size"] == 2
+    assert_loss_falls(out)
+
+
+def test_accelerate_launch(work, features):
+    out = work["base"] / "fusion_accelerate"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_zero2.yaml",
+           "--main_process_port", str(free_port()), "launch/train.py", "--config", "configs/tiny/fusion.yaml",
+           *fusion_args(work, features, out, "train.max_steps=3")]
+    run(cmd, work["base"] / "accelerate.log")
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2 and final["step"] == 3
+
+
+def sweep_command(spec: dict, params: dict) -> list[str]:
+    """The argv a W&B agent runs for these sampled parameters (wandb's own helpers, as in wandb_agent)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update({"interpreter": ["python"], "program": [spec["program"]], "env": ["/usr/bin/env"]})
+    argv = []
+    for c in create_sweep_command(list(spec["command"])):
+        c = str(c)
+        argv += sweep_vars.get(c[2:-1], []) if c.startswith("${") and c.endswith("}") else [c]
+    return argv
+
+
+@pytest.mark.parametrize("name", ["meld_fusion", "iemocap_fusion", "meld_audio"])
+def test_sweep_command_runs(name, work, features):
+    spec = yaml.safe_load((ROOT / "configs" / "sweeps" / f"{name}.yaml").read_text())
+    params = {}
+    for key, p in spec["parameters"].items():  # one sample: the first value, or the range's lower end
+        params[key] = p["values"][0] if "values" in p else p["min"]
+    argv = sweep_command(spec, params)
+    assert argv[:2] == ["/usr/bin/env", "deepspeed"] and "launch/train.py" in argv
+    assert all(f"{k}={v}" in argv for k, v in params.items())
+    # run it for one step on the tiny setup: 2 CPU ranks, the tiny config, the tiny data
+    stage = "audio" if "audio" in name else "fusion"
+    argv[argv.index("--num_gpus") + 1] = "2"
+    argv[argv.index("--config") + 1] = f"configs/tiny/{stage}.yaml"
+    out = work["base"] / f"sweep_{name}"
+    tiny = (fusion_args(work, features, out) if stage == "fusion" else
+            [*common(work, out), "wandb.mode=disabled", "data.eval_splits=[dev]", "audio.seconds=1.0"])
+    run([*argv[:2], "--master_port", str(free_port()), *argv[2:], *tiny, "train.max_steps=1"],
+        work["base"] / f"sweep_{name}.log")
+    saved = json.loads((out / "config.json").read_text())
+    for key, value in params.items():
+        section, field = key.split(".")
+        assert saved[section][field] == value
