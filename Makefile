@@ -27,14 +27,19 @@ test: install
 lint: install
 	$(PY) -m ruff check m2fdist tests bench launch
 
-demo: install
-	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 12 --seed 0 --bad-files
-	$(PY) -m m2fdist.cli pack meld --root $(DEMO)/MELD.Raw --out $(DEMO)/shards/meld
-	$(PY) -m m2fdist.cli peek $(DEMO)/shards/meld --split train
-	@echo "demo: raw tree in $(DEMO)/MELD.Raw, shards and index.json in $(DEMO)/shards/meld"
+# The whole pipeline on a synthetic MELD-layout corpus, on CPU with 2 processes per stage (DESIGN §2).
+demo: install $(DEMO)/MELD.Raw/synth_manifest.json
+	$(PY) -m m2fdist.cli pipeline --config configs/tiny/pipeline.yaml
+	$(PY) -m m2fdist.cli report $(DEMO)/runs
+	@echo "demo: shards in $(DEMO)/shards, runs and W&B offline logs in $(DEMO)/runs, report in $(DEMO)/runs/report.md"
+
+$(DEMO)/MELD.Raw/synth_manifest.json: | install
+	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 20 --seed 0 --bad-files
 
 bench: install
 	$(PY) bench/data_bench.py
+	$(PY) bench/model_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

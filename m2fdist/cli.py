@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tiny_text)
     for name, what in (("train", "train a stage (see m2fdist.train; under `deepspeed` use launch/train.py)"),
                        ("extract", "write dialog feature shards from exported extractors"),
-                       ("export", "one safetensors model from a stage's sharded checkpoint")):
+                       ("export", "one safetensors model from a stage's sharded checkpoint"),
+                       ("pipeline", "pack → text → audio → visual → extract → fusion → report"),
+                       ("report", "report.json, confusion matrices and the modality ablation table of a run"),
+                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout")):
         sub.add_parser(name, help=what, add_help=False)
     return p
 
@@ -169,7 +172,8 @@ def cmd_tiny_text(args: argparse.Namespace) -> int:
 
 
 # Subcommands that own their whole argument list (key=value overrides, launcher flags).
-DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export"}
+DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export",
+             "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from launching import BIN, common, deepspeed, run
 
 from m2fdist.pack import PackOptions, pack
 from m2fdist.synth import synth_iemocap, synth_meld
@@ -46,3 +47,61 @@ def iemocap_shards(iemocap_raw, tmp_path_factory) -> tuple[Path, dict]:
     index = pack("iemocap", iemocap_raw[0], out, workers=2, options=PackOptions(max_side=MAX_SIDE),
                  max_count=SHARD_SIZE, progress=False)
     return out, index
+
+
+# -- trained tiny stages, shared by test_train.py and test_pipeline.py ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def work(meld_shards, tmp_path_factory) -> dict:
+    """Shards, a tiny RoBERTa built from their text, and a scratch folder for runs."""
+    shards, _ = meld_shards
+    base = tmp_path_factory.mktemp("train")
+    roberta = base / "roberta"
+    run([str(BIN / "m2fdist"), "tiny-text", "--shards", str(shards), "--out", str(roberta)], base / "tiny.log")
+    return {"shards": shards, "roberta": roberta, "base": base}
+
+
+@pytest.fixture(scope="session")
+def text_run(work) -> Path:
+    """Text stage, ZeRO 2 in fp32 (so the export must match the live engine exactly), W&B offline."""
+    out = work["base"] / "text"
+    deepspeed("launch/train.py", "configs/tiny/text.yaml",
+              [*common(work, out), "deepspeed=configs/ds/zero2_fp32.json", "train.epochs=6", "train.lr=3e-3",
+               "train.encoder_lr=3e-3", "data.batch_size=2"], work["base"] / "text.log")
+    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / "text_export.log")  # best, for extract
+    # the final evaluation's weights are the latest checkpoint: the round trip compares against those
+    run([str(BIN / "m2fdist"), "export", str(out), "--tag", "latest", "--out", str(out / "export_latest")],
+        work["base"] / "text_export_latest.log")
+    return out
+
+
+def train_and_export(work: dict, stage: str, overrides: list[str]) -> Path:
+    out = work["base"] / stage
+    deepspeed("launch/train.py", f"configs/tiny/{stage}.yaml", [*common(work, out), "wandb.mode=disabled", *overrides],
+              work["base"] / f"{stage}.log")
+    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / f"{stage}_export.log")
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_run(work) -> Path:
+    return train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4", "data.batch_size=4",
+                                            "audio.seconds=2.0"])
+
+
+@pytest.fixture(scope="session")
+def visual_run(work) -> Path:
+    return train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"])
+
+
+@pytest.fixture(scope="session")
+def features(work, text_run, audio_run, visual_run) -> Path:
+    out = work["base"] / "features"
+    deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
+              [f"data.shards={work['shards']}", "data.num_frames=3", f"extract.out={out}",
+               f"extract.text={text_run / 'export'}", f"extract.audio={audio_run / 'export'}",
+               f"extract.visual={visual_run / 'export'}"], work["base"] / "extract.log")
+    return out
+
+

@@ -1,16 +1,13 @@
 """DeepSpeed training on CPU under the real launchers (2 gloo ranks), with the tiny configs.
 
-Each launch costs ~15 s, so one launch checks several things. The chain mirrors the pipeline:
-text / audio / visual stages → export → extract → fusion, then resume, world-size change, two nodes,
-accelerate, and the sweeps' commands.
+Each launch costs ~15 s, so one launch checks several things. The chain (fixtures in conftest.py) mirrors
+the pipeline: text / audio / visual stages → export → extract → fusion; then resume, world-size change,
+two nodes, accelerate, and the sweeps' commands.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import socket
 import struct
 import subprocess
 import sys
@@ -19,108 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launching import BIN, ENV, ROOT, assert_loss_falls, common, deepspeed, free_port, fusion_args, records, run
 
 from m2fdist.config import ConfigError, deepspeed_config, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True) -> int:
-    with log.open("w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, stdout=f, stderr=subprocess.STDOUT).returncode
-    if check and rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        pytest.fail(f"{shlex.join(cmd)} exited {rc}:\n{tail}")
-    return rc
-
-
-def deepspeed(script: str, config: str, overrides: list[str], log: Path, n: int = 2, **kw) -> int:
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", str(n), "--master_port", str(free_port()), script,
-           "--config", config, *overrides]
-    return run(cmd, log, **kw)
-
-
-def records(out: Path, kind: str = "train") -> list[dict]:
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
-def assert_loss_falls(out: Path, k: int = 3) -> None:
-    losses = [r["loss"] for r in records(out)]
-    assert len(losses) >= 2 * k
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    assert last < first, f"loss did not fall: {losses}"
-
-
-@pytest.fixture(scope="session")
-def work(meld_shards, tmp_path_factory) -> dict:
-    """Shards, a tiny RoBERTa built from their text, and a scratch folder for runs."""
-    shards, _ = meld_shards
-    base = tmp_path_factory.mktemp("train")
-    roberta = base / "roberta"
-    run([str(BIN / "m2fdist"), "tiny-text", "--shards", str(shards), "--out", str(roberta)], base / "tiny.log")
-    return {"shards": shards, "roberta": roberta, "base": base}
-
-
-def common(work: dict, out: Path) -> list[str]:
-    return [f"data.shards={work['shards']}", f"output_dir={out}", f"text.model={work['roberta']}"]
-
-
-@pytest.fixture(scope="session")
-def text_run(work) -> Path:
-    """Text stage, ZeRO 2 in fp32 (so the export must match the live engine exactly), W&B offline."""
-    out = work["base"] / "text"
-    deepspeed("launch/train.py", "configs/tiny/text.yaml",
-              [*common(work, out), "deepspeed=configs/ds/zero2_fp32.json", "train.epochs=6", "train.lr=3e-3",
-               "train.encoder_lr=3e-3", "data.batch_size=2"], work["base"] / "text.log")
-    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / "text_export.log")  # best, for extract
-    # the final evaluation's weights are the latest checkpoint: the round trip compares against those
-    run([str(BIN / "m2fdist"), "export", str(out), "--tag", "latest", "--out", str(out / "export_latest")],
-        work["base"] / "text_export_latest.log")
-    return out
-
-
-def train_and_export(work: dict, stage: str, overrides: list[str]) -> Path:
-    out = work["base"] / stage
-    deepspeed("launch/train.py", f"configs/tiny/{stage}.yaml", [*common(work, out), "wandb.mode=disabled", *overrides],
-              work["base"] / f"{stage}.log")
-    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / f"{stage}_export.log")
-    return out
-
-
-@pytest.fixture(scope="session")
-def audio_run(work) -> Path:
-    return train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4", "data.batch_size=4",
-                                            "audio.seconds=2.0"])
-
-
-@pytest.fixture(scope="session")
-def visual_run(work) -> Path:
-    return train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"])
-
-
-@pytest.fixture(scope="session")
-def features(work, text_run, audio_run, visual_run) -> Path:
-    out = work["base"] / "features"
-    deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
-              [f"data.shards={work['shards']}", "data.num_frames=3", f"extract.out={out}",
-               f"extract.text={text_run / 'export'}", f"extract.audio={audio_run / 'export'}",
-               f"extract.visual={visual_run / 'export'}"], work["base"] / "extract.log")
-    return out
-
-
-def fusion_args(work: dict, features: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.shards={features}", f"output_dir={out}", "fusion.dim_audio=16", "wandb.mode=disabled",
-            "data.eval_splits=[dev]", *extra]
-
 
 # -- configuration errors: found before any process group ----------------------------------------------
 

@@ -1,0 +1,95 @@
+"""The pipeline's skip logic, the report and prediction, on the runs tests/test_train.py trained."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from launching import deepspeed, fusion_args
+from PIL import Image
+
+from m2fdist.export import export
+from m2fdist.pipeline import Pipeline, PipelineConfig
+from m2fdist.predict import main as predict_main
+from m2fdist.report import write_report
+
+
+@pytest.fixture(scope="session")
+def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_factory) -> Path:
+    """A pipeline runs folder assembled from the trained stages: fused model and the T ablation."""
+    runs = tmp_path_factory.mktemp("pipeline") / "runs"
+    runs.mkdir()
+    for stage, src in (("text", text_run), ("audio", audio_run), ("visual", visual_run)):
+        shutil.copytree(src, runs / stage, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"])):
+        deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
+                  fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]", *extra),
+                  runs / f"{name}.log")
+    export(runs / "fusion", "latest")
+    Pipeline(PipelineConfig(runs=str(runs))).bundle()  # RUNS/model, what predict loads
+    return runs
+
+
+def test_pipeline_skips_finished_stages(pipeline_runs, work, features, capsys):
+    cfg = PipelineConfig(shards=str(work["shards"]), features=str(features), runs=str(pipeline_runs), num_gpus=2,
+                         ablations=False)
+    before = {p: p.stat().st_mtime_ns for p in pipeline_runs.glob("*/final.json")}
+    report = Pipeline(cfg).run()
+    said = capsys.readouterr().err
+    for stage in ("text", "audio", "visual", "fusion"):
+        assert f"{stage}: finished earlier, skipped" in said
+    assert "(packed)" in said and "(extracted)" in said
+    assert {p: p.stat().st_mtime_ns for p in pipeline_runs.glob("*/final.json")} == before
+    assert report.is_file() and (pipeline_runs / "model" / "fusion" / "model.safetensors").is_file()
+
+
+def test_report(pipeline_runs):
+    path = write_report(pipeline_runs)
+    report = json.loads(path.read_text())
+    final = json.loads((pipeline_runs / "fusion" / "final.json").read_text())
+    for split in ("dev", "test"):
+        m = report["splits"][split]
+        assert m["weighted_f1"] == final["metrics"][split]["weighted_f1"]
+        assert set(m["per_class_f1"]) == {"neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"}
+        with Image.open(m["confusion_png"]) as img:
+            assert img.size[0] > 300
+    rows = {r["modalities"]: r for r in report["ablation"]}
+    assert set(rows) == {"T", "T+A+V fused"}  # the ablations this run trained
+    assert rows["T+A+V fused"]["paper_weighted_f1"] == 66.71
+    t_final = json.loads((pipeline_runs / "fusion_T" / "final.json").read_text())
+    assert rows["T"]["weighted_f1"] == t_final["metrics"]["test"]["weighted_f1"]
+    assert "| T+A+V fused |" in (pipeline_runs / "report.md").read_text()
+
+
+def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
+    root, manifest = meld_raw
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root)]) == 0
+    out = capsys.readouterr()
+    rows = json.loads(out.out)
+    done = [r for r in rows if r["emotion"] is not None]
+    assert done and all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in done)
+    assert all(r["emotion"] == max(r["probs"], key=r["probs"].get) for r in done)
+    # the planted corrupt clip gets a row that says why, and the reader's skips are reported
+    corrupt = [r for r in rows if r["emotion"] is None]
+    assert [r["skipped"] for r in corrupt] == ["moov atom not found"]
+    assert "clip missing" in out.err
+    csv_path = tmp_path / "pred.csv"
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root), "--format", "csv",
+                         "--out", str(csv_path)]) == 0
+    table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert len(table) == len(rows) and table[0]["emotion"] in table[0]
+    # a tree without the Emotion column (what users predict on) works too
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "output_repeated_splits_test", bare / "output_repeated_splits_test")
+    lines = (root / "test_sent_emo.csv").read_bytes().decode("cp1252").splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, h in enumerate(header) if h != "Emotion"]
+    rows_csv = list(csv.reader(lines))
+    with (bare / "test_sent_emo.csv").open("w", newline="", encoding="cp1252") as f:
+        csv.writer(f).writerows([[r[i] for i in keep] for r in rows_csv])
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(bare)]) == 0
+    assert json.loads(capsys.readouterr().out)
