@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 DEMO := demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo demo-pipeline bench clean
 
 install: .venv/.installed
 
@@ -27,11 +27,17 @@ test: install
 lint: install
 	$(PY) -m ruff check m2fdist tests bench launch
 
-# The whole pipeline on a synthetic MELD-layout corpus, on CPU with 2 processes per stage (DESIGN §2).
+# Synthesise a MELD-layout corpus, pack it, load a batch. The whole pipeline on it (every stage on
+# 2 CPU processes, then the report) is `make demo-pipeline`.
 demo: install $(DEMO)/MELD.Raw/synth_manifest.json
+	$(PY) -m m2fdist.cli pack meld --root $(DEMO)/MELD.Raw --out $(DEMO)/shards/meld
+	$(PY) -m m2fdist.cli peek $(DEMO)/shards/meld --split train
+	@echo "demo: raw tree in $(DEMO)/MELD.Raw, shards and index.json in $(DEMO)/shards/meld"
+	@echo "next: make demo-pipeline (all stages on CPU, ~10 min) or see README"
+
+demo-pipeline: install $(DEMO)/MELD.Raw/synth_manifest.json
 	$(PY) -m m2fdist.cli pipeline --config configs/tiny/pipeline.yaml
-	$(PY) -m m2fdist.cli report $(DEMO)/runs
-	@echo "demo: shards in $(DEMO)/shards, runs and W&B offline logs in $(DEMO)/runs, report in $(DEMO)/runs/report.md"
+	@echo "demo-pipeline: runs and W&B offline logs in $(DEMO)/runs, report in $(DEMO)/runs/report.md"
 
 $(DEMO)/MELD.Raw/synth_manifest.json: | install
 	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 20 --seed 0 --bad-files

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     run(cfg)
-    shutdown()
+    shutdown(0)
     return 0
 
 

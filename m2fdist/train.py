@@ -84,15 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     rc = Trainer(cfg, ds_config).run()
-    shutdown()
+    shutdown(rc)
     return rc
 
 
-def shutdown() -> None:
-    """Leave the process group together: without it a node can die in C++ teardown (exit code 250)."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def shutdown(rc: int) -> None:
+    """Leave the process group together, then exit without C++ static teardown.
+
+    With several ranks, a non-master node sometimes died after finishing its work with "terminate called
+    without an active exception" (exit code 250): a communication thread still joinable when the
+    interpreter tore down. Everything is written and flushed by now, so the process exits directly.
+    """
+    if not dist.is_initialized():
+        return
+    world = dist.get_world_size()
+    dist.barrier()
+    dist.destroy_process_group()
+    if world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
 
 
 def _align_buffers(module: torch.nn.Module) -> None:

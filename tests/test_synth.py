@@ -157,10 +157,10 @@ def test_same_seed_gives_the_same_corpus(meld_small, tmp_path):
 def test_mtcnn_finds_the_face_in_decoded_frames(meld_small):
     # torch before decord: decord2 dlopens every nvidia/*/lib/*.so (libnvblas included) RTLD_GLOBAL, and a
     # torch loaded after that segfaults in its first CPU conv (dmlc/decord#293).
-    from facenet_pytorch import MTCNN
+    from facenet_pytorch import MTCNN  # noqa: I001  (imports torch, which must come before decord)
     from PIL import Image
 
-    decord = pytest.importorskip("decord")
+    import decord  # a required dependency: a missing decord must fail, not skip
 
     out, manifest = meld_small
     mtcnn = MTCNN(keep_all=True, device="cpu")
