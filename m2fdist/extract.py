@@ -26,10 +26,11 @@ from m2fdist.config import ConfigError, RunConfig, load_config
 from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
+from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.labels import LABELS
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
-from m2fdist.train import _single_process_env, parse_args, shutdown
+from m2fdist.train import _local_leader, _single_process_env, init_distributed, parse_args, shutdown
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -158,12 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"m2fdist extract: config error: {e}", file=sys.stderr)
         return 2
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-    run(cfg)
+    with stale_lock_watch(enabled=_local_leader()):
+        init_distributed()
+        run(cfg)
     shutdown(0)
     return 0
 

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from m2fdist import checkpoint
 from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config, precision_of
+from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.metrics import classification_metrics, knn_predict
 from m2fdist.stages import STAGES
 from m2fdist.tracking import Tracker
@@ -78,14 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"m2fdist train: config error: {e}", file=sys.stderr)
         return 2
+    with stale_lock_watch(enabled=_local_leader()):
+        init_distributed()
+        rc = Trainer(cfg, ds_config).run()
+    shutdown(rc)
+    return rc
+
+
+def _local_leader() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def init_distributed() -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-    rc = Trainer(cfg, ds_config).run()
-    shutdown(rc)
-    return rc
 
 
 def shutdown(rc: int) -> None:

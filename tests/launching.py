@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +26,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True) -> int:
+# Longest a single launch may take before the test fails with stacks of every process it started. A tiny
+# stage takes well under a minute on 2 cores; the limit only turns a hang into a readable failure.
+LAUNCH_TIMEOUT = float(os.environ.get("M2FDIST_TEST_LAUNCH_TIMEOUT", 600))
+
+
+def _tree(pid: int) -> list[int]:
+    """The pid and every descendant (from /proc), so a hang report covers ranks and loader workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def stacks_of(pid: int) -> str:
+    spy = shutil.which("py-spy", path=str(BIN))
+    if spy is None:
+        return "(py-spy not installed: no stacks)"
+    dumps = []
+    for p in _tree(pid):
+        r = subprocess.run([spy, "dump", "--pid", str(p)], capture_output=True, text=True, timeout=60)
+        dumps.append(f"--- pid {p}\n{r.stdout or r.stderr}")
+    return "\n".join(dumps)
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True,
+        timeout: float = LAUNCH_TIMEOUT) -> int:
     with log.open("w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, stdout=f, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = stacks_of(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            (log.parent / f"{log.stem}.stacks.txt").write_text(stacks)
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            pytest.fail(f"{shlex.join(cmd)} still running after {timeout:.0f} s; killed.\n{tail}\n{stacks}")
     if check and rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         pytest.fail(f"{shlex.join(cmd)} exited {rc}:\n{tail}")

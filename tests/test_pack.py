@@ -153,7 +153,7 @@ def test_killed_pack_resumes(meld_raw, meld_shards, tmp_path):
     done = {p: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert done, "nothing finished before the kill"
     assert not (out / "index.json").exists()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, timeout=600)
     for p, mtime in done.items():
         assert p.stat().st_mtime_ns == mtime, f"{p.name} was packed again"
     index = json.loads((out / "index.json").read_text())

@@ -26,7 +26,7 @@ from m2fdist.synth.render import voice
 
 def _header(path: Path) -> str:
     return subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, timeout=60
     ).stderr
 
 

@@ -8,15 +8,32 @@ two nodes, accelerate, and the sweeps' commands.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from launching import BIN, ENV, ROOT, assert_loss_falls, common, deepspeed, free_port, fusion_args, records, run
+from launching import (
+    BIN,
+    ENV,
+    LAUNCH_TIMEOUT,
+    ROOT,
+    assert_loss_falls,
+    common,
+    deepspeed,
+    free_port,
+    fusion_args,
+    records,
+    run,
+    stacks_of,
+)
 
 from m2fdist.config import ConfigError, deepspeed_config, load_config
 
@@ -47,7 +64,7 @@ def test_config_errors_are_clear(meld_shards, tmp_path):
     assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
     # the entry point reports them and exits 2 without starting anything
     proc = subprocess.run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml", shards,
-                           "train.epochs=zero"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+                           "train.epochs=zero"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "config error" in proc.stderr and "epochs" in proc.stderr
 
 
@@ -201,8 +218,15 @@ def test_two_nodes_on_one_machine(work, features, tmp_path):
                         *fusion_args(work, features, out, "deepspeed=configs/ds/zero3.json", "train.epochs=12",
                                      "train.lr=5e-3")]
     logs = [(tmp_path / f"node{i}.log").open("w") for i in range(2)]
-    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-    rcs = [p.wait(timeout=600) for p in procs]
+    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT,
+                              start_new_session=True) for i in range(2)]
+    try:
+        rcs = [p.wait(timeout=LAUNCH_TIMEOUT) for p in procs]
+    except subprocess.TimeoutExpired:
+        stacks = "\n".join(stacks_of(p.pid) for p in procs)
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"two nodes still running after {LAUNCH_TIMEOUT:.0f} s; killed.\n{stacks}")
     assert rcs == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
     assert_loss_falls(out)
@@ -253,3 +277,35 @@ def test_sweep_command_runs(name, work, features):
     for key, value in params.items():
         section, field = key.split(".")
         assert saved[section][field] == value
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    from m2fdist.jit_lock import remove_stale_locks
+
+    now = time.time()
+    old, young = tmp_path / "a" / "lock", tmp_path / "b" / "lock"
+    for lock, age in ((old, 3600), (young, 5)):
+        lock.parent.mkdir()
+        lock.touch()
+        os.utime(lock, (now - age, now - age))
+    assert remove_stale_locks(tmp_path, stale_after=300, now=now) == [old]
+    assert not old.exists() and young.exists()
+
+
+def test_launch_survives_a_killed_build(work, features, tmp_path):
+    """A lock left by a process killed mid-build used to hang every later launch in init_distributed."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    built = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))  # built by the fixtures' launches
+    ext = tmp_path / "torch_extensions"
+    shutil.copytree(built, ext / built.name)  # mtimes kept: ninja finds the build up to date
+    lock = ext / built.name / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
+           *fusion_args(work, features, out, "train.max_steps=1")]
+    log = tmp_path / "run.log"
+    run(cmd, log, env={**ENV, "TORCH_EXTENSIONS_DIR": str(ext)}, timeout=300)
+    assert "removed the stale build lock" in log.read_text()
+    assert not lock.exists() and json.loads((out / "final.json").read_text())["step"] == 1
