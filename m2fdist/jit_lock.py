@@ -1,14 +1,16 @@
 """Stale build locks of JIT-compiled extensions (DeepSpeed's ops) would hang every later launch.
 
 ``torch.utils.cpp_extension`` guards each JIT build with a ``lock`` file that names no owner: the first
-process creates it, builds (or finds the build up to date) and deletes it; every other process polls until
-it is gone, with no limit. A process killed while it holds the file (a job cancelled during its first
-launch, a session or allocation ending, an OOM kill) leaves it behind, and from then on every launch on
-that machine waits forever inside ``deepspeed.init_distributed`` (on CPU, for the shared-memory comm op).
+process creates it (keeping it open), builds or finds the build up to date, then closes and deletes it;
+every other process polls until it is gone, with no limit. A process killed while it holds the file (a job
+cancelled during its first launch, a session or allocation ending, an OOM kill) leaves it behind, and from
+then on every launch on that machine waits forever inside ``deepspeed.init_distributed`` (on CPU, for the
+shared-memory comm op).
 
-A build takes about a minute on two cores, and holding the lock only to find a build up to date takes
-milliseconds, so a lock file older than ``stale_after`` seconds belongs to no live build. One process per
-node watches the extension folders while the run starts and removes such a file, saying so.
+A lock is stale when no process on this machine has it open and it is older than ``stale_after`` seconds.
+The open-file check makes a slow build on this machine safe however long it takes; the age covers a
+holder on another node that shares the folder (a home directory on NFS). One process per node watches
+while the run starts and removes stale locks, saying so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-STALE_AFTER = float(os.environ.get("M2FDIST_JIT_LOCK_STALE_S", 300))
+STALE_AFTER = float(os.environ.get("M2FDIST_JIT_LOCK_STALE_S", 120))
 
 
 def extensions_root() -> Path:
@@ -32,20 +34,41 @@ def extensions_root() -> Path:
     return Path(_get_build_directory("deepspeed_shm_comm", verbose=False)).parent
 
 
-def remove_stale_locks(root: Path, stale_after: float = STALE_AFTER, now: float | None = None) -> list[Path]:
-    """Delete ``root/*/lock`` files older than ``stale_after`` seconds; return the ones removed."""
+def held_here(path: Path) -> bool:
+    """Whether a process on this machine has ``path`` open (what a live lock holder does)."""
+    target = str(path.resolve())
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) == target:
+                return True
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return False
+
+
+def remove_stale_locks(root: Path, stale_after: float = STALE_AFTER, now: float | None = None,
+                       settle: float = 0.5) -> list[Path]:
+    """Delete the stale ``root/*/lock`` files; return the ones removed.
+
+    A holder closes the file an instant before deleting it, so an unheld lock is looked at again after
+    ``settle`` seconds: one that was being released is gone by then.
+    """
     now = time.time() if now is None else now
     removed = []
     for lock in root.glob("*/lock"):
         try:
-            age = now - lock.stat().st_mtime
-            if age <= stale_after:
+            st = lock.stat()
+            age = now - st.st_mtime
+            if age <= stale_after or held_here(lock):
+                continue
+            time.sleep(settle)
+            if lock.stat().st_ino != st.st_ino or held_here(lock):
                 continue
             lock.unlink()
         except FileNotFoundError:  # released meanwhile
             continue
-        print(f"m2fdist: removed the stale build lock {lock} ({age:.0f} s old; no build holds it that long, so"
-              " a process was killed while building)", file=sys.stderr, flush=True)
+        print(f"m2fdist: removed the stale build lock {lock} ({age:.0f} s old, no process has it open: a build"
+              " was killed)", file=sys.stderr, flush=True)
         removed.append(lock)
     return removed
 

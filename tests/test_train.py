@@ -288,8 +288,16 @@ def test_stale_build_lock_is_removed(tmp_path):
         lock.parent.mkdir()
         lock.touch()
         os.utime(lock, (now - age, now - age))
-    assert remove_stale_locks(tmp_path, stale_after=300, now=now) == [old]
-    assert not old.exists() and young.exists()
+    held = tmp_path / "c" / "lock"  # an old lock that a live build still holds open
+    held.parent.mkdir()
+    fd = os.open(held, os.O_CREAT | os.O_EXCL)
+    os.utime(held, (now - 3600, now - 3600))
+    try:
+        assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [old]
+        assert not old.exists() and young.exists() and held.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [held]
 
 
 def test_launch_survives_a_killed_build(work, features, tmp_path):
