@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from m2fdist import checkpoint
+from m2fdist import checkpoint, shm_buffers
 from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config, precision_of
 from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.metrics import classification_metrics, knn_predict
@@ -94,6 +94,8 @@ def init_distributed() -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    if _local_leader():
+        shm_buffers.remove_orphans()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
@@ -104,11 +106,13 @@ def shutdown(rc: int) -> None:
     With several ranks, a non-master node sometimes died after finishing its work with "terminate called
     without an active exception" (exit code 250): a communication thread still joinable when the
     interpreter tore down. Everything is written and flushed by now, so the process exits directly.
+    Past the barrier no peer opens this rank's shared-memory buffer by name any more: it is unlinked here.
     """
     if not dist.is_initialized():
         return
-    world = dist.get_world_size()
+    world, rank = dist.get_world_size(), dist.get_rank()
     dist.barrier()
+    shm_buffers.release_own_buffer(rank)
     dist.destroy_process_group()
     if world > 1:
         sys.stdout.flush()

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -278,42 +276,3 @@ def test_sweep_command_runs(name, work, features):
         section, field = key.split(".")
         assert saved[section][field] == value
 
-
-def test_stale_build_lock_is_removed(tmp_path):
-    from m2fdist.jit_lock import remove_stale_locks
-
-    now = time.time()
-    old, young = tmp_path / "a" / "lock", tmp_path / "b" / "lock"
-    for lock, age in ((old, 3600), (young, 5)):
-        lock.parent.mkdir()
-        lock.touch()
-        os.utime(lock, (now - age, now - age))
-    held = tmp_path / "c" / "lock"  # an old lock that a live build still holds open
-    held.parent.mkdir()
-    fd = os.open(held, os.O_CREAT | os.O_EXCL)
-    os.utime(held, (now - 3600, now - 3600))
-    try:
-        assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [old]
-        assert not old.exists() and young.exists() and held.exists()
-    finally:
-        os.close(fd)
-    assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [held]
-
-
-def test_launch_survives_a_killed_build(work, features, tmp_path):
-    """A lock left by a process killed mid-build used to hang every later launch in init_distributed."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    built = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))  # built by the fixtures' launches
-    ext = tmp_path / "torch_extensions"
-    shutil.copytree(built, ext / built.name)  # mtimes kept: ninja finds the build up to date
-    lock = ext / built.name / "lock"
-    lock.touch()
-    os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
-           *fusion_args(work, features, out, "train.max_steps=1")]
-    log = tmp_path / "run.log"
-    run(cmd, log, env={**ENV, "TORCH_EXTENSIONS_DIR": str(ext)}, timeout=300)
-    assert "removed the stale build lock" in log.read_text()
-    assert not lock.exists() and json.loads((out / "final.json").read_text())["step"] == 1

@@ -1,0 +1,72 @@
+"""DeepSpeed's CPU allreduce buffers in /dev/shm are never unlinked: each launch leaks 66 MB per rank.
+
+On CPU, ``deepspeed.init_distributed`` loads the shared-memory comm op, and every rank creates
+``/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`` (DeepSpeed 0.19,
+``csrc/cpu/comm/shm.cpp``; its ``shared_close`` is never called). The port differs between launches, so
+the files pile up in RAM-backed tmpfs. Forty test suites' worth filled a 24 GB machine until compiles
+crawled and launches hung. So each rank deletes its own buffer once every rank is past the last
+collective, and one process per node removes orphans (no process has them open or mapped) left by runs
+that were killed or never cleaned up, before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SHM = Path("/dev/shm")
+PREFIX = "deepspeed_allreduce_buffer"
+
+
+def own_buffer(rank: int) -> Path:
+    """This rank's buffer, named as shm.cpp names it."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return SHM / f"{PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_own_buffer(rank: int) -> None:
+    """Unlink this rank's buffer. Only after a barrier: peers open it by name until they are initialised."""
+    own_buffer(rank).unlink(missing_ok=True)
+
+
+def in_use(root: Path = SHM) -> set[str]:
+    """Paths under ``root`` that a process on this machine has open or mapped."""
+    prefix = f"{root}/"
+    used: set[str] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:  # fds before maps: shm.cpp opens, maps, then closes, so one of the two always shows a live buffer
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith(prefix):
+                    used.add(target)
+            for line in (proc / "maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[5:]
+                if path and path[0].startswith(prefix):
+                    used.add(path[0].removesuffix(" (deleted)"))
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return used
+
+
+def remove_orphans(root: Path = SHM) -> list[Path]:
+    """Delete this user's DeepSpeed buffers that no process has open or mapped; return them."""
+    candidates = sorted(root.glob(f"{PREFIX}_{os.getuid()}_*"))
+    if not candidates:
+        return []
+    used = in_use(root)
+    removed, freed = [], 0
+    for path in candidates:
+        if str(path) in used:
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+        freed += size
+    if removed:
+        print(f"m2fdist: removed {len(removed)} orphaned DeepSpeed allreduce buffers from {root},"
+              f" {freed / 2**20:.0f} MB of RAM (DeepSpeed never deletes them)", file=sys.stderr, flush=True)
+    return removed

@@ -1,0 +1,83 @@
+"""What a launch leaves on the machine: JIT build locks and DeepSpeed's shared-memory buffers.
+
+Both once hung the suite: a lock left by a killed build, and /dev/shm filled with buffers DeepSpeed never
+deletes (66 MB per rank per launch) until the machine ran out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from launching import ENV, fusion_args, run
+
+from m2fdist.jit_lock import remove_stale_locks
+from m2fdist.shm_buffers import PREFIX, remove_orphans
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    now = time.time()
+    old, young = tmp_path / "a" / "lock", tmp_path / "b" / "lock"
+    for lock, age in ((old, 3600), (young, 5)):
+        lock.parent.mkdir()
+        lock.touch()
+        os.utime(lock, (now - age, now - age))
+    held = tmp_path / "c" / "lock"  # an old lock that a live build still holds open
+    held.parent.mkdir()
+    fd = os.open(held, os.O_CREAT | os.O_EXCL)
+    os.utime(held, (now - 3600, now - 3600))
+    try:
+        assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [old]
+        assert not old.exists() and young.exists() and held.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [held]
+
+
+def test_launch_survives_a_killed_build(work, features, tmp_path):
+    """A lock left by a process killed mid-build used to hang every later launch in init_distributed."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    built = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))  # built by the fixtures' launches
+    ext = tmp_path / "torch_extensions"
+    shutil.copytree(built, ext / built.name)  # mtimes kept: ninja finds the build up to date
+    lock = ext / built.name / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
+           *fusion_args(work, features, out, "train.max_steps=1")]
+    log = tmp_path / "run.log"
+    run(cmd, log, env={**ENV, "TORCH_EXTENSIONS_DIR": str(ext)}, timeout=300)
+    assert "removed the stale build lock" in log.read_text()
+    assert not lock.exists() and json.loads((out / "final.json").read_text())["step"] == 1
+
+
+def test_orphaned_shm_buffers_are_removed(tmp_path):
+    uid = os.getuid()
+    names = {n: tmp_path / f"{PREFIX}_{uid}_127.0.0.1_{n}_0" for n in ("orphan", "mapped", "open")}
+    other_user = tmp_path / f"{PREFIX}_{uid + 1}_127.0.0.1_1_0"
+    for path in [*names.values(), other_user]:
+        path.write_bytes(b"\0" * 4096)
+    with names["mapped"].open("r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 4096)  # the file closed, its mapping alive: a rank mid-run
+    fd = os.open(names["open"], os.O_RDWR)  # a rank between shm_open and mmap
+    try:
+        assert remove_orphans(tmp_path) == [names["orphan"]]
+        assert names["mapped"].exists() and names["open"].exists() and other_user.exists()
+    finally:
+        mapped.close()
+        os.close(fd)
+
+
+def test_launches_leave_no_shm_buffers(text_run, work):
+    """Each rank of the 2-rank text launch deleted its buffer after the last barrier."""
+    port = re.search(r"--master_port[= ](\d+)", (work["base"] / "text.log").read_text()).group(1)
+    assert (text_run / "final.json").is_file()
+    assert not list(Path("/dev/shm").glob(f"{PREFIX}_{os.getuid()}_*_{port}_*"))
