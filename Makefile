@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 DEMO := demo
 
-.PHONY: install test lint demo demo-pipeline bench clean
+.PHONY: install test lint demo demo-shards bench clean
 
 install: .venv/.installed
 
@@ -27,20 +27,19 @@ test: install
 lint: install
 	$(PY) -m ruff check m2fdist tests bench launch
 
-# Synthesise a MELD-layout corpus, pack it, load a batch. The whole pipeline on it (every stage on
-# 2 CPU processes, then the report) is `make demo-pipeline`.
+# The whole pipeline on a synthetic MELD-layout corpus, on CPU: synthesise → pack → text → audio → visual →
+# extract → fusion (+ the four ablations) → report, every stage a deepspeed launch of 2 processes.
 demo: install $(DEMO)/MELD.Raw/synth_manifest.json
+	$(PY) -m m2fdist.cli pipeline --config configs/tiny/pipeline.yaml
+	@echo "demo: raw tree in $(DEMO)/MELD.Raw, shards in $(DEMO)/shards, runs, W&B offline logs and report in $(DEMO)/runs"
+
+# Only synthesise, pack and load a batch (a minute): a check of the data path.
+demo-shards: install $(DEMO)/MELD.Raw/synth_manifest.json
 	$(PY) -m m2fdist.cli pack meld --root $(DEMO)/MELD.Raw --out $(DEMO)/shards/meld
 	$(PY) -m m2fdist.cli peek $(DEMO)/shards/meld --split train
-	@echo "demo: raw tree in $(DEMO)/MELD.Raw, shards and index.json in $(DEMO)/shards/meld"
-	@echo "next: make demo-pipeline (all stages on CPU, ~10 min) or see README"
-
-demo-pipeline: install $(DEMO)/MELD.Raw/synth_manifest.json
-	$(PY) -m m2fdist.cli pipeline --config configs/tiny/pipeline.yaml
-	@echo "demo-pipeline: runs and W&B offline logs in $(DEMO)/runs, report in $(DEMO)/runs/report.md"
 
 $(DEMO)/MELD.Raw/synth_manifest.json: | install
-	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 20 --seed 0 --bad-files
+	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 80 --seed 0 --bad-files
 
 bench: install
 	$(PY) bench/data_bench.py

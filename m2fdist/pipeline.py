@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,8 @@ class Pipeline:
         from m2fdist.report import write_report
 
         report = write_report(self.runs)
-        self.say(f"done: report in {report}")
+        print((self.runs / "report.md").read_text(), flush=True)
+        self.say(f"done: {report}, {self.runs / 'report.md'}, confusion PNGs and W&B offline runs in {self.runs}")
         return report
 
     def pack(self) -> None:
@@ -135,12 +137,13 @@ class Pipeline:
         self.say(f"{out.name}: training ({'resuming' if resuming else 'from scratch'}) on {self.cfg.num_gpus} "
                  f"processes; log {out}.log")
         extra = self.cfg.overrides.get(stage, [])
+        start = time.time()
         self.launch("launch/train.py", config, [*overrides, f"output_dir={out}", "resume=auto", *extra],
                     out.with_suffix(".log"))
         final = json.loads((out / "final.json").read_text())
         dev = final["metrics"].get("dev", {})
         self.say(f"{out.name}: dev accuracy {dev.get('accuracy', float('nan')):.3f}, "
-                 f"weighted F1 {dev.get('weighted_f1', float('nan')):.3f}")
+                 f"weighted F1 {dev.get('weighted_f1', float('nan')):.3f} ({time.time() - start:.0f} s)")
 
     def export(self, stage: str) -> None:
         out = self.runs / stage
@@ -163,7 +166,7 @@ class Pipeline:
         if (Path(c.features) / "index.json").is_file():
             self.say(f"features: {c.features} (extracted)")
             return
-        self.say(f"extracting dialog features → {c.features}")
+        self.say(f"extracting dialog features → {c.features}; log {self.runs / 'extract.log'}")
         overrides = [f"data.shards={c.shards}", f"dataset={c.dataset}", f"extract.out={c.features}",
                      *(f"extract.{s}={self.runs / s / 'export'}" for s in ("text", "audio", "visual")),
                      *self.cfg.overrides.get("extract", [])]
