@@ -87,3 +87,50 @@ def test_mining_semihard():
         mine_triplets(labels, mode="semihard")
     with pytest.raises(ValueError, match="'all' or 'semihard'"):
         mine_triplets(labels, mode="hard")
+
+
+def test_printed_amt_settles_with_negatives_no_farther_than_positives():
+    """Why `triplet.ce_weight` exists: gradient descent on the printed L_AMT over the three distances
+    (D(p,n) = D(a,n), as for two tight classes) stops at D(a,p) = ln(8)/4 ≈ 0.52 and D(a,n) = 1 − ln(8)/4 ≈ 0.48,
+    not at a separation: the loss itself does not ask for negatives to be farther than positives."""
+    d_ap = torch.tensor(1.0, requires_grad=True)
+    d_an = torch.tensor(0.1, requires_grad=True)
+    opt = torch.optim.SGD([d_ap, d_an], lr=0.05)
+    for _ in range(2000):
+        loss = d_ap - d_an + 1 + 2 / torch.exp(4 * d_ap) + 1 + 2 / torch.exp(4 - 4 * d_an)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert d_ap.item() == pytest.approx(math.log(8) / 4, abs=1e-3)
+    assert d_an.item() == pytest.approx(1 - math.log(8) / 4, abs=1e-3)
+    assert d_an.item() < d_ap.item()
+
+
+def test_extractor_ce_head_adds_cross_entropy_over_real_samples_only(tmp_path):
+    from m2fdist.config import ConfigError, load_config
+    from m2fdist.stages import AudioStage
+
+    (tmp_path / "index.json").write_text("{}")  # the config checks that the shards it names exist
+
+    def stage(*extra: str) -> AudioStage:
+        return AudioStage(load_config("configs/tiny/audio.yaml", [f"data.shards={tmp_path}", "audio.seconds=0.5",
+                                                                  "audio.augment=false", *extra]))
+
+    with pytest.raises(ConfigError, match="ce_weight"):
+        stage("triplet.ce_weight=-1")
+
+    torch.manual_seed(0)
+    batch = {"audio": torch.randn(4, 8000) * 0.1, "audio_len": torch.tensor([8000, 8000, 4000, 8000]),
+             "labels": torch.tensor([0, 1, 0, 2]), "valid": torch.tensor([True, True, True, False])}
+    plain = stage()
+    assert not hasattr(plain.build_model(), "ce_heads")  # the paper's loss by default
+    with_ce = stage("triplet.ce_weight=2.0", "triplet.ce_temperature=0.5")
+    model = with_ce.build_model().eval()
+    assert [tuple(h.weight.shape) for h in model.ce_heads] == [(7, 16)]
+    emb = model(batch["audio"], batch["audio_len"])
+    triplet_only = plain.loss(model, batch)
+    logits = model.ce_heads[0](emb) / 0.5
+    expected = triplet_only + 2.0 * torch.nn.functional.cross_entropy(logits[:3], batch["labels"][:3])
+    torch.testing.assert_close(with_ce.loss(model, batch), expected)
+    # an export rebuilds the heads through build_model, so the state dicts match key for key
+    assert set(with_ce.build_model().state_dict()) == set(model.state_dict())

@@ -19,6 +19,20 @@ from m2fdist.stages.base import Stage, model_dtype, to_device
 class ExtractorStage(Stage):
     predicts_labels = False
 
+    def embedding_dims(self) -> list[int]:
+        """Widths of the embeddings that ``embeddings`` returns, in order."""
+        raise NotImplementedError
+
+    def with_heads(self, model: nn.Module) -> nn.Module:
+        """Attach one linear classifier per embedding when ``triplet.ce_weight`` asks for the CE term.
+
+        The heads live on the model so DeepSpeed optimises and checkpoints them like any other weight, and
+        an export rebuilds them through this same method; feature extraction never calls them.
+        """
+        if self.cfg.triplet.ce_weight > 0:
+            model.ce_heads = nn.ModuleList(nn.Linear(d, len(self.names)) for d in self.embedding_dims())
+        return model
+
     def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
         """One or more [B, D] embeddings per batch; each gets its own triplet loss."""
         raise NotImplementedError
@@ -27,13 +41,20 @@ class ExtractorStage(Stage):
         t = self.cfg.triplet
         labels = to_device(batch["labels"], model)
         total = None
-        for emb in self.embeddings(model, batch):
+        heads = getattr(model, "module", model).ce_heads if t.ce_weight > 0 else None
+        real = to_device(batch["valid"], model)  # padding samples a rank adds to even out the split
+        for i, emb in enumerate(self.embeddings(model, batch)):
             emb = emb.float()
             a, p, n = mine_triplets(labels, emb.detach(), t.mining, t.max_triplets, t.margin)
             if len(a) == 0:  # a batch of one emotion: no triplet, but every rank must still backward
                 part = emb.sum() * 0.0
             else:
                 part = feature_extractor_loss(emb[a], emb[p], emb[n], tuple(t.weights))
+            if heads is not None:
+                logits = heads[i](emb.to(heads[i].weight.dtype)).float() / t.ce_temperature
+                # all padding: the head's weights still take part in the backward, as every rank's must
+                ce = F.cross_entropy(logits[real], labels[real]) if bool(real.any()) else logits.sum() * 0.0
+                part = part + t.ce_weight * ce
             total = part if total is None else total + part
         return total
 
@@ -49,7 +70,10 @@ class AudioStage(ExtractorStage):
     members = ("json", "wav")
 
     def build_model(self) -> nn.Module:
-        return AudioExtractor(self.cfg.audio)
+        return self.with_heads(AudioExtractor(self.cfg.audio))
+
+    def embedding_dims(self) -> list[int]:
+        return [self.cfg.audio.embed_dim]
 
     def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
         audio = to_device(batch["audio"], model).to(model_dtype(model))
@@ -61,7 +85,11 @@ class VisualStage(ExtractorStage):
     members = ("json", "mp4")
 
     def build_model(self) -> nn.Module:
-        return VisualExtractor(self.cfg.visual)
+        return self.with_heads(VisualExtractor(self.cfg.visual))
+
+    def embedding_dims(self) -> list[int]:
+        c = self.cfg.visual
+        return [c.embed_dim] * (2 if c.branches == "face+scene" else 1)
 
     def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
         inner: VisualExtractor = getattr(model, "module", model)
