@@ -90,10 +90,28 @@ def _local_leader() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def share_cores() -> int | None:
+    """Give this rank its share of the node's cores as torch threads, unless OMP_NUM_THREADS says otherwise.
+
+    The deepspeed launcher (unlike torchrun) leaves OMP_NUM_THREADS unset, so every rank starts one thread
+    per core: on 2 cores, 2 ranks ran 4 spinning OpenMP threads, and feature extraction took 8 s per
+    batch instead of 1 s. Returns the thread count it set, or None when it left torch's default alone.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    if local <= 1:
+        return None
+    threads = max(1, len(os.sched_getaffinity(0)) // local)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def init_distributed() -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    share_cores()
     if _local_leader():
         shm_buffers.remove_orphans()
     if not dist.is_initialized():
@@ -246,7 +264,7 @@ class Trainer:
         if self.rank == 0:
             summary = {"stage": cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
                        "best_dev_weighted_f1": st.best_f1, "metrics": final, "world_size": self.world,
-                       "peak_rss_mb_per_rank": [round(p) for p in peaks]}
+                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads()}
             (self.out / "final.json").write_text(json.dumps(summary, indent=1))
         self.tracker.finish()
         dist.barrier()

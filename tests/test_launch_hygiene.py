@@ -81,3 +81,26 @@ def test_launches_leave_no_shm_buffers(text_run, work):
     port = re.search(r"--master_port[= ](\d+)", (work["base"] / "text.log").read_text()).group(1)
     assert (text_run / "final.json").is_file()
     assert not list(Path("/dev/shm").glob(f"{PREFIX}_{os.getuid()}_*_{port}_*"))
+
+
+def test_ranks_share_the_cores_unless_told(monkeypatch):
+    """The deepspeed launcher leaves OMP_NUM_THREADS unset; each rank then takes cores / local ranks threads."""
+    import os
+
+    import torch
+
+    from m2fdist.train import share_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("LOCAL_SIZE", "2")
+        assert share_cores() == max(1, len(os.sched_getaffinity(0)) // 2) == torch.get_num_threads()
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's word wins
+        assert share_cores() is None and torch.get_num_threads() == before
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setenv("LOCAL_SIZE", "1")  # one rank: torch's own default
+        assert share_cores() is None and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
