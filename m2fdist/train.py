@@ -95,7 +95,7 @@ def share_cores() -> int | None:
 
     The deepspeed launcher (unlike torchrun) leaves OMP_NUM_THREADS unset, so every rank starts one thread
     per core: on 2 cores, 2 ranks ran 4 spinning OpenMP threads, and feature extraction took 8 s per
-    batch instead of 1 s. Returns the thread count it set, or None when it left torch's default alone.
+    batch instead of 1.4 s. Returns the thread count it set, or None when it left torch's default alone.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return None
