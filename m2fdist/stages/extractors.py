@@ -89,7 +89,7 @@ class VisualStage(ExtractorStage):
 
     def embedding_dims(self) -> list[int]:
         c = self.cfg.visual
-        return [c.embed_dim] * (2 if c.branches == "face+scene" else 1)
+        return [c.embed_dim] * (c.out_dim // c.embed_dim)  # one per branch
 
     def embeddings(self, model: nn.Module, batch: dict[str, Any]) -> list[Tensor]:
         inner: VisualExtractor = getattr(model, "module", model)
