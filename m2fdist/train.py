@@ -139,9 +139,14 @@ def shutdown(rc: int) -> None:
 
 
 def _align_buffers(module: torch.nn.Module) -> None:
-    """DeepSpeed's bf16/fp16 casts parameters but not buffers: BatchNorm's running statistics follow here."""
+    """DeepSpeed's bf16/fp16 casts parameters but not buffers: BatchNorm's running statistics follow here.
+
+    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them.
+    """
     dtype = next(module.parameters()).dtype
     for sub in module.modules():
+        if getattr(sub, "keeps_fp32_buffers", False):
+            continue
         for name, buf in sub.named_buffers(recurse=False):
             if buf.is_floating_point() and buf.dtype != dtype:
                 setattr(sub, name, buf.to(dtype))
@@ -164,6 +169,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self.stage.build_model()
+        self.stage.prepare(model)
         torch.manual_seed(cfg.train.seed + 1000 * self.rank)  # per-rank randomness from here on
         np.random.seed(cfg.train.seed + 1000 * self.rank)
         self.train_loader = self.stage.loader(cfg.data.train_split, True, self.rank, self.world)

@@ -92,6 +92,43 @@ def test_ablation_switches_are_checked():
         M2FNetDialog(TINY)(torch.ones(1, 2, dtype=torch.bool), text=torch.zeros(1, 2, 32))
 
 
+def test_standardize_applies_the_training_statistics():
+    x = features(2, 4, TINY, seed=4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    g = torch.Generator().manual_seed(5)
+    stats = {m: (torch.randn(d, generator=g), torch.rand(d, generator=g) + 0.5)
+             for m, d in (("T", TINY.dim_text), ("A", TINY.dim_audio), ("V", TINY.dim_visual))}
+    stats["A"][1][0] = 0.0  # a dimension constant on the training split is left unscaled
+    torch.manual_seed(0)
+    model = M2FNetDialog(TINY).eval()
+    plain = M2FNetDialog(TINY).eval()
+    plain.load_state_dict(model.state_dict())  # same weights, identity statistics
+    model.set_feature_stats(stats)
+    scaled = {}
+    for name, m in (("text", "T"), ("audio", "A"), ("visual", "V")):
+        mean, std = stats[m]
+        scaled[name] = (x[name] - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    torch.testing.assert_close(model(mask, **x), plain(mask, **scaled))
+    assert not torch.allclose(model(mask, **x), plain(mask, **x))
+    assert "standardize.V.std" in model.state_dict()  # saved with the weights, so exports apply it
+    # under bf16 the statistics stay float32 (m2fdist.train's buffer alignment skips them): a large mean
+    # over a small spread survives, where bf16 would round x - mean to zero
+    from m2fdist.train import _align_buffers
+
+    for prm in model.parameters():
+        prm.data = prm.data.bfloat16()
+    _align_buffers(model)
+    assert model.standardize["T"].mean.dtype == torch.float32
+    model.standardize["T"].set_stats(torch.full((TINY.dim_text,), 1000.0), torch.full((TINY.dim_text,), 0.01))
+    z = model.standardize["T"](torch.full((1, TINY.dim_text), 1000.02))
+    torch.testing.assert_close(z, torch.full_like(z, 2.0), rtol=0, atol=0.1)
+    assert model(mask, **x).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="modality V"):
+        M2FNetDialog(TINY).set_feature_stats({"T": stats["T"], "A": stats["A"]})
+    with pytest.raises(ValueError, match="12-d features"):
+        M2FNetDialog(TINY).set_feature_stats({**stats, "A": stats["T"]})
+
+
 def test_dialog_model_overfits_two_dialogs():
     torch.manual_seed(0)
     model = M2FNetDialog(TINY)

@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from launching import deepspeed, fusion_args
 from PIL import Image
@@ -63,6 +65,24 @@ def test_report(pipeline_runs):
     t_final = json.loads((pipeline_runs / "fusion_T" / "final.json").read_text())
     assert rows["T"]["weighted_f1"] == t_final["metrics"]["test"]["weighted_f1"]
     assert "| T+A+V fused |" in (pipeline_runs / "report.md").read_text()
+
+
+def test_fusion_model_standardizes_with_the_train_split(pipeline_runs, features):
+    from m2fdist.export import load_exported
+
+    _, model = load_exported(pipeline_runs / "fusion" / "export")
+    arrays: dict[str, list[np.ndarray]] = {}
+    for shard in sorted(features.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                name = member.name.rsplit(".", 2)[-2]
+                if member.name.endswith(".npy") and name != "labels":
+                    arrays.setdefault(name, []).append(np.load(io.BytesIO(tar.extractfile(member).read())))
+    for m, name in (("T", "text"), ("A", "audio"), ("V", "visual")):
+        x = np.concatenate(arrays[name]).astype(np.float64)
+        assert len(x) > 20 and not np.allclose(x.mean(0), 0)
+        np.testing.assert_allclose(model.standardize[m].mean.numpy(), x.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(model.standardize[m].std.numpy(), x.std(0), rtol=1e-4, atol=1e-6)
 
 
 def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):

@@ -92,3 +92,37 @@ def collate_features(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
             x[mask] = torch.from_numpy(np.concatenate([d[name] for d in dialogs]))
             out[name] = x
     return out
+
+
+def feature_moments(shards: Path, split: str, names: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and std per dimension of each named modality over every utterance of ``split``.
+
+    The fusion model standardises its inputs with the training split's statistics (DialogConfig.standardize).
+    Every rank reads the same shards in the same order in float64, so all ranks get identical values.
+    """
+    from m2fdist.data.stream import read_samples
+    from m2fdist.pack.index import load_index
+
+    index = load_index(shards)
+    if split not in index["splits"]:
+        raise ValueError(f"{shards}: no {split} split to take the feature statistics from")
+    urls = [str(Path(shards) / s["url"]) for s in index["splits"][split]["shards"]]
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    count = 0
+    for raw in read_samples(urls):
+        sample = decode_features(raw)
+        for name in names:
+            if name not in sample:
+                raise ShardDecodeError(f"{raw.get('__url__')}:{sample['key']}: no {name} features")
+            x = sample[name].astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + x.sum(0)
+            squares[name] = squares.get(name, 0.0) + (x * x).sum(0)
+        count += len(sample["labels"])
+    if count == 0:
+        raise ValueError(f"{shards}: the {split} split has no utterances to take the feature statistics from")
+    out = {}
+    for name in names:
+        mean = sums[name] / count
+        out[name] = (mean, np.sqrt(np.maximum(squares[name] / count - mean * mean, 0.0)))
+    return out

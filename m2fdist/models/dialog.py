@@ -33,6 +33,12 @@ class DialogConfig:
     # Ours, not the paper's (which does not say): a residual + LayerNorm around each fusion layer, so a
     # stack of m = 5 trains as stably as the encoders do. fusion_residual=False is the bare mapping.
     fusion_residual: bool = True
+    # Ours as well: each modality's features standardised per dimension with the training split's mean
+    # and std (set by the fusion stage before training, saved as buffers, so an exported model applies
+    # them too). The extractors' outputs live on very different scales (RoBERTa's <s> state against
+    # L2-normalised triplet embeddings whose coordinates are ~1/sqrt(D) around a shared offset), and raw
+    # the dialog Transformers all but ignore the small ones. standardize=False feeds them as they are.
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         mods = self.modalities.upper()
@@ -44,6 +50,33 @@ class DialogConfig:
             raise ValueError("attention fusion needs text (the query) and at least one of audio / visual; "
                              "use fusion=concat for this modality subset")
         self.modalities = mods
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per dimension, with the statistics as buffers (identity until they are set).
+
+    Computed in float32 whatever the model's precision: a feature whose mean is large against its spread
+    would lose the spread if x and mean were rounded to bf16 first. The model casts the result.
+    """
+
+    keeps_fp32_buffers = True  # m2fdist.train leaves these buffers in float32 under bf16 / fp16
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        if mean.shape != self.mean.shape or std.shape != self.std.shape:
+            raise ValueError(f"statistics of shape {tuple(mean.shape)} / {tuple(std.shape)} for {self.mean.numel()}-d "
+                             "features")
+        # a dimension that never varies on the training split stays as it is rather than being blown up
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) / self.std
 
 
 def _heads_for(dim: int, wanted: int) -> int:
@@ -93,6 +126,7 @@ class M2FNetDialog(nn.Module):
         super().__init__()
         self.config = c = config
         dims = {"T": c.dim_text, "A": c.dim_audio, "V": c.dim_visual}
+        self.standardize = nn.ModuleDict({m: Standardize(dims[m]) for m in c.modalities} if c.standardize else {})
         self.encoders = nn.ModuleDict({
             m: ModalityEncoder(dims[m], c.num_layers, c.num_heads, c.ffn_mult, c.dropout) for m in c.modalities
         })
@@ -114,6 +148,9 @@ class M2FNetDialog(nn.Module):
         if missing:
             raise ValueError(f"modalities {self.config.modalities} need {', '.join(missing)} features")
         mask = mask.bool()
+        dtype = self.head[-1].weight.dtype  # features arrive in float32; standardised, they take the model's
+        given = {m: (self.standardize[m](x) if m in self.standardize else x).to(dtype)
+                 for m, x in given.items() if x is not None}
         encoded = {m: self.encoders[m](given[m], mask) for m in self.config.modalities}
         others = [encoded[m] for m in self.config.modalities if m != "T"]
         if self.fusion:
@@ -122,3 +159,10 @@ class M2FNetDialog(nn.Module):
                 t = layer(t, others, mask)
             encoded["T"] = t
         return self.head(torch.cat([encoded[m] for m in self.config.modalities], dim=-1))
+
+    def set_feature_stats(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Mean and std per modality ("T", "A", "V") of the training split's features."""
+        for m, norm in self.standardize.items():
+            if m not in stats:
+                raise ValueError(f"no feature statistics for modality {m}")
+            norm.set_stats(*stats[m])

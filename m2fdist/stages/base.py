@@ -35,6 +35,12 @@ class Stage:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def prepare(self, model: nn.Module) -> None:
+        """Data-dependent set-up of a freshly built model before training (none by default).
+
+        Not part of build_model: exported models are rebuilt without the training data at hand.
+        """
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """AdamW groups: pretrained encoder vs new layers (different lr), no weight decay on biases/norms."""
         t = self.cfg.train

@@ -3,15 +3,18 @@ utterances of all dialogs in the batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2fdist.data.collate import IGNORE_INDEX
+from m2fdist.data.features import feature_moments
 from m2fdist.models.dialog import M2FNetDialog
-from m2fdist.stages.base import Stage, model_dtype, to_device
+from m2fdist.stages.base import Stage, to_device
 
 FEATURE_OF = {"T": "text", "A": "audio", "V": "visual"}
 
@@ -23,9 +26,17 @@ class FusionStage(Stage):
     def build_model(self) -> nn.Module:
         return M2FNetDialog(self.cfg.fusion)
 
+    def prepare(self, model: nn.Module) -> None:
+        if not self.cfg.fusion.standardize:
+            return
+        mods = self.cfg.fusion.modalities
+        split = self.cfg.data.train_split
+        moments = feature_moments(Path(self.cfg.data.shards), split, tuple(FEATURE_OF[m] for m in mods))
+        model.set_feature_stats({m: tuple(torch.from_numpy(v).float() for v in moments[FEATURE_OF[m]]) for m in mods})
+
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        dtype = model_dtype(model)
-        feats = {FEATURE_OF[m]: to_device(batch[FEATURE_OF[m]], model).to(dtype) for m in self.cfg.fusion.modalities}
+        # float32 in: the model standardises them before casting to its own precision
+        feats = {FEATURE_OF[m]: to_device(batch[FEATURE_OF[m]], model) for m in self.cfg.fusion.modalities}
         return model(to_device(batch["mask"], model), **feats)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
