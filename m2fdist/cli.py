@@ -35,10 +35,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if args.layout == "meld":
         manifest = synth_meld(args.out, args.dialogs, args.seed, size=args.size, fps=args.fps,
-                              bad_files=args.bad_files, workers=args.workers)
+                              bad_files=args.bad_files, workers=args.workers, dev_dialogs=args.dev_dialogs,
+                              test_dialogs=args.test_dialogs)
     else:
         if args.bad_files:
             print("--bad-files plants MELD's known bad files; the iemocap layout has none", file=sys.stderr)
+            return 2
+        if args.dev_dialogs is not None or args.test_dialogs is not None:
+            print("--dev-dialogs / --test-dialogs size MELD's splits; IEMOCAP's are its sessions", file=sys.stderr)
             return 2
         manifest = synth_iemocap(args.out, args.dialogs, args.seed, size=args.size, fps=args.fps,
                                  workers=args.workers)
@@ -98,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="folder to create (MELD.Raw or IEMOCAP_full_release)")
     s.add_argument("--dialogs", type=_positive(int), default=20,
                    help="MELD: train dialogs (dev/test scale with it); IEMOCAP: dialogs per session")
+    s.add_argument("--dev-dialogs", type=int, default=None, help="MELD: dev dialogs (default 11%% of --dialogs)")
+    s.add_argument("--test-dialogs", type=int, default=None, help="MELD: test dialogs (default 27%% of --dialogs)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=_size, default=(320, 180), help="frame size WxH (MELD's clips are 1280x720)")
     s.add_argument("--fps", type=_positive(int), default=24)

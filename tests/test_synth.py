@@ -60,6 +60,20 @@ def test_dialog_ids_keep_the_special_ones():
     assert dialog_ids(3, {}) == [0, 1, 2]
 
 
+def test_split_sizes_follow_meld_unless_asked(tmp_path, capsys):
+    from m2fdist.cli import main as cli
+
+    dialogs = lambda rows: {k: len({u.dialog for u in v}) for k, v in rows.items()}  # noqa: E731
+    assert dialogs(plan(40, seed=0, bad_files=False, cfg=CueConfig())[0]) == {"train": 40, "dev": 4, "test": 11}
+    rows, _ = plan(40, seed=0, bad_files=False, cfg=CueConfig(), dev_dialogs=9, test_dialogs=30)
+    assert dialogs(rows) == {"train": 40, "dev": 9, "test": 30}
+    with pytest.raises(ValueError, match="test: 0 dialogs"):
+        plan(40, seed=0, bad_files=False, cfg=CueConfig(), test_dialogs=0)
+    assert cli(["synth", "--layout", "iemocap", "--out", str(tmp_path / "i"), "--test-dialogs", "9"]) == 2
+    assert cli(["synth", "--layout", "meld", "--out", str(tmp_path / "m"), "--dev-dialogs", "0"]) == 2
+    assert "dev: 0 dialogs" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
 def test_meld_csvs_are_cp1252_and_match_the_manifest(meld_bad):
     out, manifest = meld_bad
     assert json.loads((out / "synth_manifest.json").read_text(encoding="utf-8")) == manifest

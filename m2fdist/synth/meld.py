@@ -157,10 +157,20 @@ def hms(ms: int) -> str:
     return f"{h:02d}:{m:02d}:{s:02d},{milli:03d}"
 
 
-def plan(dialogs: int, seed: int, bad_files: bool, cfg: CueConfig) -> tuple[dict[str, list[Utt]], Any]:
-    """All rows of the three splits, and the random choices for planted files, from one generator."""
+def plan(dialogs: int, seed: int, bad_files: bool, cfg: CueConfig, dev_dialogs: int | None = None,
+         test_dialogs: int | None = None) -> tuple[dict[str, list[Utt]], Any]:
+    """All rows of the three splits, and the random choices for planted files, from one generator.
+
+    Dev and test default to MELD's proportions of train (11% and 27%); a small corpus can ask for more, so
+    that its scores are not decided by a handful of utterances.
+    """
     rng = np.random.default_rng(seed)
-    counts = {"train": dialogs, "dev": max(2, round(0.11 * dialogs)), "test": max(2, round(0.27 * dialogs))}
+    counts = {"train": dialogs,
+              "dev": max(2, round(0.11 * dialogs)) if dev_dialogs is None else dev_dialogs,
+              "test": max(2, round(0.27 * dialogs)) if test_dialogs is None else test_dialogs}
+    for split in ("dev", "test"):
+        if counts[split] < 1:
+            raise ValueError(f"{split}: {counts[split]} dialogs; a split needs at least one")
     rows: dict[str, list[Utt]] = {}
     for split, count in counts.items():
         special = SPECIAL[split] if bad_files else {}
@@ -231,11 +241,13 @@ def synth_meld(
     workers: int = 1,
     progress: bool = True,
     cfg: CueConfig | None = None,
+    dev_dialogs: int | None = None,
+    test_dialogs: int | None = None,
 ) -> dict:
     """Write a MELD.Raw-shaped tree at ``out`` with ``dialogs`` train dialogs; return its manifest."""
     cfg = cfg or CueConfig()
     out = Path(out)
-    rows, rng = plan(dialogs, seed, bad_files, cfg)
+    rows, rng = plan(dialogs, seed, bad_files, cfg, dev_dialogs, test_dialogs)
     planted: list[dict[str, Any]] = []
     extra: list[tuple[str, int, int]] = []  # (split, dialog, utt) of clips without a CSV row
     twins: list[Utt] = []
