@@ -39,7 +39,7 @@ demo-shards: install $(DEMO)/MELD.Raw/synth_manifest.json
 	$(PY) -m m2fdist.cli peek $(DEMO)/shards/meld --split train
 
 $(DEMO)/MELD.Raw/synth_manifest.json: | install
-	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 80 --seed 0 --bad-files
+	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 80 --dev-dialogs 20 --test-dialogs 60 --seed 0 --bad-files
 
 bench: install
 	$(PY) bench/data_bench.py
