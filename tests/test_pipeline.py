@@ -49,6 +49,28 @@ def test_pipeline_skips_finished_stages(pipeline_runs, work, features, capsys):
     assert report.is_file() and (pipeline_runs / "model" / "fusion" / "model.safetensors").is_file()
 
 
+def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(pipeline_runs, runs)
+    for gone in ("fusion/final.json", "fusion/export", "model"):  # as if the fusion launch had been killed
+        shutil.rmtree(runs / gone) if (runs / gone).is_dir() else (runs / gone).unlink()
+    cfg = PipelineConfig(shards=str(work["shards"]), features=str(features), runs=str(runs), num_gpus=2,
+                         ablations=False, overrides={"fusion": ["train.max_steps=6", "wandb.mode=disabled",
+                                                                "data.eval_splits=[dev,test]"]})
+    with pytest.raises(RuntimeError, match="fusion"):  # the paper-size fusion config does not fit these features
+        Pipeline(cfg).run()
+    assert "fusion.dim_text=1024, but the text features in" in (runs / "fusion.log").read_text()
+    cfg.fusion = "configs/tiny/fusion.yaml"
+    Pipeline(cfg).run()
+    said = capsys.readouterr().err
+    assert "fusion: training (resuming)" in said and "text: finished earlier, skipped" in said
+    assert json.loads((runs / "fusion" / "final.json").read_text())["step"] == 6
+    steps = [json.loads(line)["step"] for line in (runs / "fusion" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("kind") == "train"]
+    assert steps == sorted(steps) and steps.count(1) == 1 and steps[-1] == 6  # continued from step 4, not restarted
+    assert (runs / "model" / "fusion" / "model.safetensors").is_file()
+
+
 def test_report(pipeline_runs):
     path = write_report(pipeline_runs)
     report = json.loads(path.read_text())

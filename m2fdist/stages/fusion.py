@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m2fdist.config import ConfigError
 from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.data.features import feature_moments
 from m2fdist.models.dialog import M2FNetDialog
@@ -32,6 +33,12 @@ class FusionStage(Stage):
         mods = self.cfg.fusion.modalities
         split = self.cfg.data.train_split
         moments = feature_moments(Path(self.cfg.data.shards), split, tuple(FEATURE_OF[m] for m in mods))
+        for m in mods:
+            name = FEATURE_OF[m]
+            want, got = getattr(self.cfg.fusion, f"dim_{name}"), len(moments[name][0])
+            if want != got:
+                raise ConfigError(f"fusion.dim_{name}={want}, but the {name} features in {self.cfg.data.shards} "
+                                  f"are {got}-d")
         model.set_feature_stats({m: tuple(torch.from_numpy(v).float() for v in moments[FEATURE_OF[m]]) for m in mods})
 
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
