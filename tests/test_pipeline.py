@@ -57,9 +57,6 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
     cfg = PipelineConfig(shards=str(work["shards"]), features=str(features), runs=str(runs), num_gpus=2,
                          ablations=False, overrides={"fusion": ["train.max_steps=6", "wandb.mode=disabled",
                                                                 "data.eval_splits=[dev,test]"]})
-    with pytest.raises(RuntimeError, match="fusion"):  # the paper-size fusion config does not fit these features
-        Pipeline(cfg).run()
-    assert "fusion.dim_text=1024, but the text features in" in (runs / "fusion.log").read_text()
     cfg.fusion = "configs/tiny/fusion.yaml"
     Pipeline(cfg).run()
     said = capsys.readouterr().err
@@ -69,6 +66,16 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
              if json.loads(line).get("kind") == "train"]
     assert steps == sorted(steps) and steps.count(1) == 1 and steps[-1] == 6  # continued from step 4, not restarted
     assert (runs / "model" / "fusion" / "model.safetensors").is_file()
+
+
+def test_fusion_dims_must_match_the_features(features):
+    from m2fdist.config import ConfigError, load_config
+    from m2fdist.models.dialog import M2FNetDialog
+    from m2fdist.stages.fusion import FusionStage
+
+    cfg = load_config("configs/meld/fusion.yaml", [f"data.shards={features}"])  # paper size: D_T 1024
+    with pytest.raises(ConfigError, match="fusion.dim_text=1024, but the text features in .* are 32-d"):
+        FusionStage(cfg).prepare(M2FNetDialog(cfg.fusion))
 
 
 def test_report(pipeline_runs):
