@@ -18,6 +18,9 @@ from m2fdist.models.audio import AudioConfig
 from m2fdist.models.dialog import DialogConfig
 from m2fdist.models.text import TextConfig
 from m2fdist.models.visual import VisualConfig
+from m2fdist.precision import CHOICES as PRECISIONS
+from m2fdist.precision import Precision, device_native_bf16
+from m2fdist.precision import resolve as resolve_precision
 
 STAGES = ("text", "audio", "visual", "fusion", "extract")
 
@@ -98,7 +101,9 @@ class RunConfig:
     output_dir: str = "runs/meld/text"
     resume: str = ""  # "": start fresh; auto: latest checkpoint if any; or a tag / checkpoint path
     deepspeed: str = "configs/ds/zero2.json"
-    precision: str = ""  # "": as the DeepSpeed JSON says; else bf16, fp16 or fp32
+    # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32 elsewhere,
+    # fp16 only where a GPU run's DeepSpeed JSON asks for it; json: as the DeepSpeed JSON says; or bf16/fp16/fp32
+    precision: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -150,8 +155,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"stage must be one of {STAGES}, not {cfg.stage!r}")
     if cfg.dataset not in LABELS:
         raise ConfigError(f"dataset must be one of {sorted(LABELS)}, not {cfg.dataset!r}")
-    if cfg.precision not in ("", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"precision must be bf16, fp16 or fp32, not {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}")
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, not {cfg.wandb.mode!r}")
     if cfg.triplet.mining not in ("all", "semihard"):
@@ -179,8 +184,10 @@ def device_kind() -> str:
     return get_accelerator().device_name()
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int, device: str | None = None) -> dict[str, Any]:
-    """The DeepSpeed JSON with batch sizes, clipping and precision filled in from the run config.
+def deepspeed_config(cfg: RunConfig, world_size: int, device: str | None = None,
+                     native_bf16: bool | None = None) -> tuple[dict[str, Any], Precision]:
+    """The DeepSpeed JSON with batch sizes, clipping and precision filled in from the run config, and the
+    precision chosen (``native_bf16`` overrides the hardware probe, for tests).
 
     Under ``accelerate launch`` the JSON named by its config (ACCELERATE_DEEPSPEED_CONFIG_FILE) is used,
     so both launchers read the same files in configs/ds/.
@@ -211,14 +218,18 @@ def deepspeed_config(cfg: RunConfig, world_size: int, device: str | None = None)
         if key in ds:
             raise ConfigError(f"{path}: remove \"{key}\": m2fdist builds AdamW with per-group learning rates "
                               "and its warmup + decay schedule from train.* itself")
-    if cfg.precision:
-        ds["bf16"] = {"enabled": cfg.precision == "bf16"}
-        ds["fp16"] = {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                      "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
     device = device or device_kind()
-    if ds.get("fp16", {}).get("enabled") and device == "cpu":
-        raise ConfigError("fp16 needs a GPU; on CPU use precision=bf16 or precision=fp32")
-    return ds
+    native = device_native_bf16(device) if native_bf16 is None and cfg.precision == "auto" else bool(native_bf16)
+    chosen = resolve_precision(cfg.precision, precision_of(ds), device, native)
+    if chosen.dtype == "fp16" and device == "cpu":
+        raise ConfigError("fp16 needs a GPU; on CPU use precision=auto, bf16 or fp32")
+    fp16 = {**ds.get("fp16", {}), "enabled": chosen.dtype == "fp16"}
+    for key, value in {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                       "min_loss_scale": 1}.items():
+        fp16.setdefault(key, value)
+    ds["fp16"] = fp16
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": chosen.dtype == "bf16"}
+    return ds, chosen
 
 
 def precision_of(ds: dict[str, Any]) -> str:

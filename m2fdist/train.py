@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from m2fdist import checkpoint, shm_buffers
-from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config, precision_of
+from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config
+from m2fdist.precision import Precision
 from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.metrics import classification_metrics, knn_predict
 from m2fdist.stages import STAGES
@@ -75,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if cfg.stage == "extract":
             raise ConfigError("stage=extract runs with `m2fdist extract` / launch/extract.py, not the trainer")
-        ds_config = deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]))
+        ds_config, precision = deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]))
     except ConfigError as e:
         print(f"m2fdist train: config error: {e}", file=sys.stderr)
         return 2
     with stale_lock_watch(enabled=_local_leader()):
         init_distributed()
-        rc = Trainer(cfg, ds_config).run()
+        rc = Trainer(cfg, ds_config, precision).run()
     shutdown(rc)
     return rc
 
@@ -153,8 +154,8 @@ def _align_buffers(module: torch.nn.Module) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, ds_config: dict[str, Any]):
-        self.cfg, self.ds_config = cfg, ds_config
+    def __init__(self, cfg: RunConfig, ds_config: dict[str, Any], precision: Precision):
+        self.cfg, self.ds_config, self.precision = cfg, ds_config, precision
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -204,10 +205,12 @@ class Trainer:
             self._load(*load)
         self.eval_loaders = {s: self.stage.loader(s, False, self.rank, self.world) for s in cfg.data.eval_splits}
         if self.rank == 0:
+            print(f"precision: {self.precision.dtype} ({self.precision.reason})", file=sys.stderr)
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.tracker = Tracker(self.out, {**cfg.to_dict(), "world_size": self.world,
-                                          "precision": precision_of(self.ds_config)},
+                                          "precision": self.precision.dtype,
+                                          "precision_reason": self.precision.reason},
                                self.rank == 0, cfg.wandb, self.state.wandb_id)
         self.state.wandb_id = self.tracker.run_id
 
@@ -270,7 +273,8 @@ class Trainer:
         if self.rank == 0:
             summary = {"stage": cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
                        "best_dev_weighted_f1": st.best_f1, "metrics": final, "world_size": self.world,
-                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads()}
+                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
+                       "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             (self.out / "final.json").write_text(json.dumps(summary, indent=1))
         self.tracker.finish()
         dist.barrier()

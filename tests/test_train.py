@@ -33,7 +33,8 @@ from launching import (
     stacks_of,
 )
 
-from m2fdist.config import ConfigError, deepspeed_config, load_config
+from m2fdist.config import ConfigError, deepspeed_config, load_config, precision_of
+from m2fdist.precision import cpu_native_bf16
 
 # -- configuration errors: found before any process group ----------------------------------------------
 
@@ -58,12 +59,41 @@ def test_config_errors_are_clear(meld_shards, tmp_path):
     with pytest.raises(ConfigError, match="auto"):
         deepspeed_config(load_config("configs/tiny/fusion.yaml", [shards, f"deepspeed={auto}"]), 2, "cpu")
     cfg = load_config("configs/tiny/fusion.yaml", [shards, "train.global_batch=8", "data.batch_size=2"])
-    ds = deepspeed_config(cfg, world_size=2, device="cpu")
+    ds, _ = deepspeed_config(cfg, world_size=2, device="cpu")
     assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
     # the entry point reports them and exits 2 without starting anything
     proc = subprocess.run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml", shards,
                            "train.epochs=zero"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "config error" in proc.stderr and "epochs" in proc.stderr
+
+
+def test_precision_follows_the_hardware(meld_shards):
+    """precision=auto: bf16 only where the device computes it natively; explicit choices and fp16 JSONs on GPUs."""
+    shards = f"data.shards={meld_shards[0]}"
+
+    def chosen(overrides: list[str], device: str, native: bool) -> tuple[str, dict]:
+        cfg = load_config("configs/tiny/fusion.yaml", [shards, *overrides])
+        ds, precision = deepspeed_config(cfg, world_size=2, device=device, native_bf16=native)
+        assert precision.dtype == precision_of(ds), "the JSON handed to DeepSpeed says what was chosen"
+        return precision.dtype, ds
+
+    assert load_config("configs/tiny/fusion.yaml", [shards]).precision == "auto"
+    assert chosen([], "cpu", native=False)[0] == "fp32"  # AVX2-only CPU: the bf16 JSON is not followed
+    assert chosen([], "cpu", native=True)[0] == "bf16"
+    assert chosen(["precision=bf16"], "cpu", native=False)[0] == "bf16"  # asked for: honoured
+    assert chosen(["deepspeed=configs/ds/zero2_fp32.json"], "cuda", native=True)[0] == "fp32"  # asked for
+    assert chosen(["precision=json"], "cpu", native=False)[0] == "bf16"  # the JSON as it is, even emulated
+    fp16_json = ["deepspeed=configs/ds/zero2_fp16.json"]
+    assert chosen(fp16_json, "cuda", native=True)[0] == "fp16"  # fp16 asked for by the JSON, on a GPU
+    assert chosen(fp16_json, "cpu", native=False)[0] == "fp32"  # ... and not supported on a CPU
+    dtype, ds = chosen(["precision=fp16"], "cuda", native=False)
+    assert dtype == "fp16" and ds["fp16"]["loss_scale"] == 0 and not ds["bf16"]["enabled"]
+    # oneDNN capped below bf16 (as on an AVX2 machine) counts as no native bf16, whatever the flags say
+    assert cpu_native_bf16({"avx512_bf16", "amx_bf16"}, onednn_isa="AVX2") is False
+    assert cpu_native_bf16({"avx512_bf16"}, onednn_isa="") is True
+    assert cpu_native_bf16({"avx2", "fma"}, onednn_isa="") is False
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        load_config("configs/tiny/fusion.yaml", [shards, "precision=fp8"])
 
 
 # -- stages ----------------------------------------------------------------------------------------------
@@ -111,6 +141,7 @@ def test_text_stage(text_run, work):
     final = json.loads((text_run / "final.json").read_text())
     ckpts = text_run / "checkpoints"
     assert (ckpts / "best").read_text() == final["best_tag"] and (ckpts / final["best_tag"]).is_dir()
+    assert final["precision"] == "fp32" and "fp32" in final["precision_reason"]  # zero2_fp32.json under auto
     assert len([p for p in ckpts.glob("step*") if p.is_dir()]) <= 3  # keep_last 2 + best
     # W&B (offline) holds the per-step loss, lr, grad norm, samples/s and the eval metrics
     history = wandb_history(text_run)
