@@ -29,9 +29,9 @@ import torch.distributed as dist
 
 from m2fdist import checkpoint, shm_buffers
 from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config
-from m2fdist.precision import Precision
 from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.metrics import classification_metrics, knn_predict
+from m2fdist.precision import Precision
 from m2fdist.stages import STAGES
 from m2fdist.tracking import Tracker
 
