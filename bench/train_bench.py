@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from m2fdist.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -96,10 +97,7 @@ def measure(stage: str, zero: int, size: str, steps: int, paths: dict[str, Path]
         args.append(f"text.model={paths['large' if size == 'paper' else 'tiny']}")
     if size == "paper":
         args += PAPER[stage]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "launch/train.py", "--config",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py", "--config",
            f"configs/tiny/{stage}.yaml", *args]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -13,8 +13,8 @@ makes a resumed run replay the uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -25,11 +25,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from m2fdist import atomic
+
 META = "m2fdist.json"
+TAG = re.compile(r"step\d{8}(_universal)?")
+# Settings a run may change when it resumes: they do not alter what the next step computes.
+RESUMABLE_CHANGES = ("output_dir", "resume", "allow_config_change", "train.epochs", "train.max_steps",
+                     "train.save_every", "train.eval_every", "train.log_every", "train.keep_last",
+                     "data.num_workers", "data.eval_splits", "wandb.")
 
 
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
+
+
+def check_tag(tag: str, where: str) -> str:
+    """A checkpoint tag is a plain name like ``step00000040``; anything else (a path, ``..``) is refused."""
+    if not TAG.fullmatch(tag):
+        raise ValueError(f"{where} holds {tag[:80]!r}, which is not a checkpoint tag (stepNNNNNNNN)")
+    return tag
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,15 +67,12 @@ def gather_rng() -> list[dict[str, Any]]:
     return states
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_pointer(ckpt_dir: Path, name: str) -> str | None:
+    """The tag that ``latest`` or ``best`` names, checked to be a tag before anyone uses it as a path."""
     path = Path(ckpt_dir) / name
-    return path.read_text().strip() if path.is_file() else None
+    if not path.is_file():
+        return None
+    return check_tag(path.read_text().strip(), str(path))
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int,
@@ -72,17 +83,18 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], k
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     dist.barrier()
     if dist.get_rank() == 0:
-        meta = {"step": step, "world_size": dist.get_world_size(), "tag": tag}
-        _write_atomic(Path(ckpt_dir) / tag / META, json.dumps(meta))
-        _write_atomic(Path(ckpt_dir) / "latest", tag)
-        prune(Path(ckpt_dir), keep_last, best_tag)
+        meta = {"step": step, "world_size": dist.get_world_size(), "tag": tag,
+                "config": client_state.get("config")}
+        atomic.write_json(Path(ckpt_dir) / tag / META, meta)
+        atomic.write_text(Path(ckpt_dir) / "latest", tag)
+        prune(Path(ckpt_dir), keep_last, best_tag, tag)
     dist.barrier()
     return tag
 
 
 def mark_best(ckpt_dir: Path, tag: str) -> None:
     if dist.get_rank() == 0:
-        _write_atomic(Path(ckpt_dir) / "best", tag)
+        atomic.write_text(Path(ckpt_dir) / "best", tag)
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -92,12 +104,18 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in Path(ckpt_dir).glob(f"step*/{META}"))
 
 
-def prune(ckpt_dir: Path, keep_last: int, best_tag: str | None) -> None:
-    tags = complete_tags(ckpt_dir)
-    keep = set(tags[-keep_last:]) | {best_tag, read_pointer(ckpt_dir, "best")}
-    for tag in tags:
+def prune(ckpt_dir: Path, keep_last: int, best_tag: str | None, current: str | None = None) -> None:
+    """Keep ``current`` (the save just made), the ``keep_last`` newest tags up to it, and the best one.
+
+    Tags newer than ``current`` belong to a timeline the run rewound past (it resumed from an earlier save):
+    they are removed, so the run's own saves are never the ones pruned.
+    """
+    tags = [t for t in complete_tags(ckpt_dir) if current is None or t <= current]
+    keep = set(tags[-keep_last:]) | {best_tag, read_pointer(ckpt_dir, "best"), current}
+    for tag in complete_tags(ckpt_dir):
         if tag not in keep:
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            shutil.rmtree(ckpt_dir / f"{tag}_universal", ignore_errors=True)
     for partial in Path(ckpt_dir).glob("step*"):  # saves killed half-way
         if partial.is_dir() and not (partial / META).exists() and partial.name < (tags[-1] if tags else ""):
             shutil.rmtree(partial, ignore_errors=True)
@@ -111,13 +129,52 @@ def resolve(resume: str, output_dir: Path) -> tuple[Path, str] | None:
         return None
     if resume == "auto":
         tag = read_pointer(ckpt_dir, "latest")
+        if tag and not (ckpt_dir / tag / META).is_file():
+            raise FileNotFoundError(f"{ckpt_dir / 'latest'} names {tag}, which is not a finished checkpoint")
         return (ckpt_dir, tag) if tag else None
     path = Path(resume)
     if path.is_dir() and (path / META).is_file():
-        return path.parent, path.name
-    if (ckpt_dir / resume / META).is_file():
+        return path.parent, check_tag(path.name, f"resume={resume}")
+    if TAG.fullmatch(resume) and (ckpt_dir / resume / META).is_file():
         return ckpt_dir, resume
     raise FileNotFoundError(f"resume={resume}: no finished checkpoint there (nor under {ckpt_dir})")
+
+
+def check_fresh(output_dir: Path) -> None:
+    """A new run (resume="") refuses a folder that holds an earlier run, instead of mixing or pruning its saves."""
+    out = Path(output_dir)
+    earlier = [p.name for p in (out / "checkpoints", out / "metrics.jsonl", out / "final.json")
+               if (p.is_dir() and any(p.glob("step*"))) or p.is_file()]
+    if earlier:
+        raise ValueError(f"output_dir={out} holds an earlier run ({', '.join(earlier)}): continue it with "
+                         "resume=auto, or start the new run in another output_dir (or move that one aside)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(harmless, breaking) differences between a checkpoint's config and the resuming run's, as lines."""
+    a, b = _flat(saved), _flat(now)
+    harmless, breaking = [], []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) == b.get(key):
+            continue
+        line = f"{key}: {a.get(key, '(unset)')!r} → {b.get(key, '(unset)')!r}"
+        ok = any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_CHANGES)
+        (harmless if ok else breaking).append(line)
+    return harmless, breaking
+
+
+def saved_config(ckpt_dir: Path, tag: str) -> dict[str, Any] | None:
+    return json.loads((Path(ckpt_dir) / tag / META).read_text()).get("config")
 
 
 def saved_world_size(ckpt_dir: Path, tag: str) -> int:
@@ -125,12 +182,24 @@ def saved_world_size(ckpt_dir: Path, tag: str) -> int:
 
 
 def to_universal(ckpt_dir: Path, tag: str) -> Path:
-    """Convert a tag to DeepSpeed's universal format (once; rank 0), for loading on another world size."""
+    """Convert a tag to DeepSpeed's universal format (once; rank 0), for loading on another world size.
+
+    Rank 0 converts while the others wait at a broadcast; a failed conversion reaches every rank as the same
+    error, with DeepSpeed's own message, instead of a traceback on rank 0 and a collective timeout elsewhere.
+    """
     out = Path(ckpt_dir) / f"{tag}_universal"
+    outcome: list[Any] = [None]
     if dist.get_rank() == 0 and not (out / META).is_file():
         cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                str(Path(ckpt_dir) / tag), "--output_folder", str(out), "--inject_missing_state"]
-        subprocess.run(cmd, check=True, capture_output=True)
-        shutil.copy(Path(ckpt_dir) / tag / META, out / META)
-    dist.barrier()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            shutil.copy(Path(ckpt_dir) / tag / META, out / META)
+        else:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            outcome[0] = "\n".join(lines[-15:]) or f"exit code {proc.returncode}"
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise RuntimeError(f"converting {Path(ckpt_dir) / tag} to a universal checkpoint (to resume on another "
+                           f"world size) failed; DeepSpeed said:\n{outcome[0]}")
     return out

@@ -54,13 +54,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from m2fdist.pack import PackOptions, pack, summary
+    from m2fdist.pack.run import PackWorkerDied
 
     out = args.out or Path("shards") / args.dataset
     options = PackOptions(max_side=args.max_side, max_seconds=args.max_seconds, long_clips=args.long_clips)
     reader_options = {"dev_seed": args.dev_seed} if args.dataset == "iemocap" else {}
-    index = pack(args.dataset, args.root, out, workers=args.workers, options=options, max_count=args.shard_size,
-                 max_mb=args.shard_mb, part=args.part, context=args.context, overwrite=args.overwrite,
-                 index_only=args.index_only, progress=not args.no_progress, reader_options=reader_options)
+    try:
+        index = pack(args.dataset, args.root, out, workers=args.workers, options=options,
+                     max_count=args.shard_size, max_mb=args.shard_mb, part=args.part, context=args.context,
+                     overwrite=args.overwrite, index_only=args.index_only, progress=not args.no_progress,
+                     reader_options=reader_options)
+    except PackWorkerDied as e:
+        print(f"m2fdist pack: error: {e}", file=sys.stderr)
+        return 1
     if index is not None:
         print(summary(index))
         print(f"index: {Path(out) / 'index.json'}")
@@ -153,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("export", "one safetensors model from a stage's sharded checkpoint"),
                        ("pipeline", "pack → text → audio → visual → extract → fusion → report"),
                        ("report", "report.json, confusion matrices and the modality ablation table of a run"),
+                       ("eval", "score an exported model (or RUNS/model) on one split of shards"),
                        ("predict", "emotions and class probabilities for clips + CSV in MELD's layout")):
         sub.add_parser(name, help=what, add_help=False)
     return p
@@ -179,7 +186,8 @@ def cmd_tiny_text(args: argparse.Namespace) -> int:
 
 # Subcommands that own their whole argument list (key=value overrides, launcher flags).
 DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export",
-             "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict"}
+             "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict",
+             "eval": "m2fdist.evaluate"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,8 @@ class RunConfig:
     dataset: str = "meld"
     output_dir: str = "runs/meld/text"
     resume: str = ""  # "": start fresh; auto: latest checkpoint if any; or a tag / checkpoint path
+    # resume: also accept config changes that break an exact resume (model shape, batch, precision, ...)
+    allow_config_change: bool = False
     deepspeed: str = "configs/ds/zero2.json"
     # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32 elsewhere,
     # fp16 only where a GPU run's DeepSpeed JSON asks for it; json: as the DeepSpeed JSON says; or bf16/fp16/fp32
@@ -168,13 +170,33 @@ def check_config(cfg: RunConfig) -> None:
     for name in ("batch_size", "num_frames"):
         if getattr(cfg.data, name) < 1:
             raise ConfigError(f"data.{name} must be >= 1")
-    t = cfg.train
-    if t.max_steps < 0 or t.epochs < 1 or t.grad_accum < 1 or t.keep_last < 1:
-        raise ConfigError("train.max_steps >= 0, train.epochs >= 1, train.grad_accum >= 1, train.keep_last >= 1")
+    check_ranges(cfg)
     index = Path(cfg.data.shards) / "index.json"
     if cfg.stage != "extract" and not index.is_file():
         raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there (pack the corpus, or for the "
                           "fusion stage run `m2fdist extract`, first)")
+
+
+# (key, lowest allowed value, whether the bound itself is allowed): numbers that make no sense are refused
+# before launch instead of failing later (log_every=0 divides by zero at step 1, knn=0 votes for nobody).
+RANGES = (
+    ("train.max_steps", 0, True), ("train.epochs", 1, True), ("train.grad_accum", 1, True),
+    ("train.keep_last", 1, True), ("train.log_every", 1, True), ("train.save_every", 0, True),
+    ("train.eval_every", 0, True), ("train.global_batch", 0, True), ("train.warmup_steps", 0, True),
+    ("train.lr", 0.0, False), ("train.encoder_lr", 0.0, True), ("train.weight_decay", 0.0, True),
+    ("train.clip", 0.0, True), ("data.num_workers", 0, True), ("data.shuffle_buffer", 0, True),
+    ("data.frame_width", 0, True), ("data.frame_height", 0, True), ("triplet.knn", 1, True),
+    ("triplet.max_triplets", 1, True), ("triplet.margin", 0.0, True),
+)
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    for key, low, inclusive in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{key} must be {bound}, not {value}")
 
 
 def device_kind() -> str:

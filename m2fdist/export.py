@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from m2fdist import checkpoint
+from m2fdist import atomic, checkpoint
 from m2fdist.config import RunConfig
 
 WEIGHTS = "model.safetensors"
@@ -51,7 +52,11 @@ def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
 
 
 def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
-    """Write ``out`` (default run_dir/export): model.safetensors, config.json and, for text, the encoder."""
+    """Write ``out`` (default run_dir/export): model.safetensors, config.json and, for text, the encoder.
+
+    The folder is built under a temporary name and renamed into place when complete, so an interrupted
+    export leaves the previous export (or none), never a weights file without its config.
+    """
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
@@ -62,18 +67,24 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         if name is None:
             raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
         tag = name
+    checkpoint.check_tag(tag, f"--tag {tag}")
+    if not (ckpt_dir / tag / checkpoint.META).is_file():
+        raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
     state = fp32_state_dict(ckpt_dir, tag)
     out = Path(out or run_dir / "export")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(out / WEIGHTS))
-    (out / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}, indent=1))
-    if cfg.stage == "text":
-        from transformers import AutoConfig, AutoTokenizer
+    tmp = atomic.temp_dir_for(out)
+    try:
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}, indent=1))
+        if cfg.stage == "text":
+            from transformers import AutoConfig, AutoTokenizer
 
-        enc_dir = out / "text_encoder"
-        shutil.rmtree(enc_dir, ignore_errors=True)
-        AutoConfig.from_pretrained(cfg.text.model).save_pretrained(enc_dir)
-        AutoTokenizer.from_pretrained(cfg.text.model).save_pretrained(enc_dir)
+            AutoConfig.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
+            AutoTokenizer.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
+        atomic.publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -112,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="best", help="best, latest, or a checkpoint tag")
     p.add_argument("--out", type=Path, default=None, help="default: RUN/export")
     args = p.parse_args(argv)
-    print(export(args.run, args.tag, args.out))
+    try:
+        print(export(args.run, args.tag, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"m2fdist export: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -22,15 +22,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from m2fdist import atomic, runtime
 from m2fdist.config import ConfigError, RunConfig, load_config
 from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
-from m2fdist.jit_lock import stale_lock_watch
 from m2fdist.labels import LABELS
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
-from m2fdist.train import _local_leader, _single_process_env, init_distributed, parse_args, shutdown
+from m2fdist.train import parse_args
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -111,7 +111,7 @@ def run(cfg: RunConfig) -> None:
         dims = {n: int(v.shape[1]) for n, v in feats.items()} if writer.count else {}
         stats = {"shard": f"{name}.tar", "split": split, "count": writer.count, "dialogs": writer.count,
                  "utterances": utterances, "labels": dict(labels), "dims": dims}
-        (out / f"{name}.stats.json").write_text(json.dumps(stats))
+        atomic.write_json(out / f"{name}.stats.json", stats)
     dist.barrier()
     if rank == 0:
         write_index(out, cfg, world)
@@ -138,14 +138,12 @@ def write_index(out: Path, cfg: RunConfig, world: int) -> None:
     index = {"format": FORMAT_VERSION, "kind": "features", "dataset": cfg.dataset, "label_names": names,
              "dims": dims, "source": cfg.data.shards, "splits": splits,
              "extractors": {n: getattr(cfg.extract, n) for n in MODALITIES}}
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out / "index.json")
+    atomic.write_json(out / "index.json", index)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _single_process_env()
+    runtime.single_process_env()
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.stage != "extract":
@@ -159,10 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"m2fdist extract: config error: {e}", file=sys.stderr)
         return 2
-    with stale_lock_watch(enabled=_local_leader()):
-        init_distributed()
+    with runtime.started():
         run(cfg)
-    shutdown(0)
+    runtime.shutdown(0)
     return 0
 
 

@@ -8,6 +8,7 @@ reason ("moov atom not found") instead of a crash deep in a decoder.
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import wave
@@ -35,6 +36,20 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def ffmpeg_timeout() -> float:
+    """Seconds any one ffmpeg call may take (``M2FDIST_FFMPEG_TIMEOUT``, default 600) before it counts as hung."""
+    return float(os.environ.get("M2FDIST_FFMPEG_TIMEOUT", 600))
+
+
+def run_ffmpeg(cmd: list[str], text: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run one ffmpeg command with a time limit: a hung decode becomes a MediaError, not a stuck worker."""
+    limit = ffmpeg_timeout() if timeout is None else timeout
+    try:
+        return subprocess.run(cmd, capture_output=True, text=text, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"ffmpeg timed out after {limit:g}s") from None
+
+
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
@@ -50,10 +65,7 @@ def _stderr_reason(stderr: str) -> str:
 
 def probe(path: str | Path) -> tuple[float | None, bool, bool]:
     """(duration in seconds, has video, has audio) of a media file, read from ffmpeg's header dump."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True
-    )
-    err = proc.stderr
+    err = run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]).stderr
     if "Stream #" not in err:
         raise MediaError(_stderr_reason(err))
     m = _DURATION.search(err)
@@ -120,12 +132,14 @@ def encode_utterance(
             raise MediaError(f"time span starts at {start:.3f}s, after the video's end ({duration:.3f}s)")
     trimmed = span is not None and span > max_seconds
     length = min(span, max_seconds) if span is not None else max_seconds
+    # A container that declares no duration may hold anything: cut at max_seconds and tell from the output.
+    unknown = span is None
     vf = (
         f"scale='if(gt(iw,ih),min({max_side},iw),-2)':'if(gt(iw,ih),-2,min({max_side},ih))'"
         ",scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
     )
     # Cut only when asked to (a span, or a trim): the container's rounded duration would clip the audio.
-    cut = ["-t", f"{length:.3f}"] if (start is not None or trimmed) else []
+    cut = ["-t", f"{length:.3f}"] if (start is not None or trimmed or unknown) else []
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     if start is not None:
         cmd += ["-ss", f"{start:.3f}"]
@@ -139,11 +153,14 @@ def encode_utterance(
     cmd += ["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(out_mp4)]
     cmd += ["-map", "1:a:0" if audio is not None else "0:a:0", "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
     cmd += ["-c:a", "pcm_s16le", "-f", "wav", "-bitexact", str(out_wav)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_ffmpeg(cmd)
     if proc.returncode != 0:
         raise MediaError(_stderr_reason(proc.stderr))
     if not out_mp4.exists() or out_mp4.stat().st_size == 0:
         raise MediaError("no frames decoded")
+    if unknown:  # as long as the cap: the source went on past it (or ended right there)
+        with wave.open(str(out_wav)) as w:
+            trimmed = w.getnframes() >= int((max_seconds - 0.05) * w.getframerate())
     return Encoded(source_duration=span, trimmed=trimmed)
 
 
@@ -153,7 +170,7 @@ def audio_from_video(path: Path, max_seconds: float | None = None) -> np.ndarray
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds:.3f}"]
     cmd += ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "wav", "-bitexact", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = run_ffmpeg(cmd, text=False)
     if proc.returncode != 0:
         raise MediaError(_stderr_reason(proc.stderr.decode(errors="replace")))
     return read_wav(proc.stdout)[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m2fdist.config import ConfigError
+from m2fdist.runtime import free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +76,7 @@ class Pipeline:
         print(f"[pipeline] {message}", file=sys.stderr, flush=True)
 
     def launch(self, script: str, config: str, overrides: list[str], log: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(self.cfg.num_gpus), "--master_port", str(port), script,
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(self.cfg.num_gpus), "--master_port", str(free_port()), script,
                "--config", config, *overrides]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as f:
@@ -141,9 +138,10 @@ class Pipeline:
         self.launch("launch/train.py", config, [*overrides, f"output_dir={out}", "resume=auto", *extra],
                     out.with_suffix(".log"))
         final = json.loads((out / "final.json").read_text())
-        dev = final["metrics"].get("dev", {})
-        self.say(f"{out.name}: dev accuracy {dev.get('accuracy', float('nan')):.3f}, "
-                 f"weighted F1 {dev.get('weighted_f1', float('nan')):.3f} ({time.time() - start:.0f} s)")
+        scores = ", ".join(f"{split} accuracy {m['accuracy']:.3f}, weighted F1 {m['weighted_f1']:.3f}"
+                           for split, m in final["metrics"].items())
+        self.say(f"{out.name}: {scores} at {final.get('scored_tag')}, {final.get('scored', 'best on dev')} "
+                 f"({time.time() - start:.0f} s)")
 
     def export(self, stage: str) -> None:
         out = self.runs / stage

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,61 +34,94 @@ def load_model(path: Path) -> dict[str, Any]:
     return {p: load_exported(Path(path) / p) for p in PARTS}
 
 
+@dataclass
+class Decoded:
+    """One utterance's media as the extractors take it, and what was left out of it."""
+
+    wave: torch.Tensor
+    frames: torch.Tensor
+    note: str | None = None  # e.g. "audio: used the first 8.0 s of 12.4 s"
+
+
+def decode_utterance(u, audio_seconds: float, num_frames: int) -> Decoded:
+    """Decode a clip's soundtrack (capped at what the audio model reads, as in training) and sampled frames.
+
+    Raises MediaError for a clip that cannot be decoded: the caller records it as a skip.
+    """
+    from m2fdist.media import MediaError, probe
+
+    duration, has_video, has_audio = probe(u.video)
+    if not (has_video and has_audio):
+        raise MediaError("clip lacks a video or audio stream")
+    wave = audio_from_video(Path(u.video), max_seconds=audio_seconds)
+    if len(wave) == 0:
+        raise MediaError("no audio decoded")
+    frames = torch.from_numpy(sample_frames(u.video, num_frames))
+    note = None
+    if duration is not None and duration > audio_seconds + 0.05:
+        note = f"audio: used the first {audio_seconds:g} s of {duration:.1f} s"
+    return Decoded(torch.from_numpy(wave), frames, note)
+
+
 @torch.no_grad()
-def predict_dialog(model: dict[str, Any], utterances: list) -> np.ndarray:
+def predict_dialog(model: dict[str, Any], utterances: list, decoded: list[Decoded]) -> np.ndarray:
     """Class probabilities [k, C] for one dialog's utterances, through the same path as training."""
-    text_cfg, text = model["text"]
-    vis_cfg, visual = model["visual"]
-    aud_cfg, audio = model["audio"]
+    _, text = model["text"]
+    _, visual = model["visual"]
+    _, audio = model["audio"]
     fus_cfg, fusion = model["fusion"]
     texts = [u.text for u in utterances]
     prev = [[c["text"] for c in u.extra.get("context_prev", [])] for u in utterances]
     nxt = [[c["text"] for c in u.extra.get("context_next", [])] for u in utterances]
     feats = {"text": text.sentence_vector(**text.tokenize(texts, prev, nxt))}
-    waves = [torch.from_numpy(audio_from_video(Path(u.video))) for u in utterances]
-    lengths = torch.tensor([len(w) for w in waves])
-    padded = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        padded[i, : len(w)] = w
+    lengths = torch.tensor([len(d.wave) for d in decoded])
+    padded = torch.zeros(len(decoded), int(lengths.max()))
+    for i, d in enumerate(decoded):
+        padded[i, : len(d.wave)] = d.wave
     feats["audio"] = audio(padded, lengths)
-    vis = []
-    for u in utterances:
-        frames = torch.from_numpy(sample_frames(u.video, vis_cfg.data.num_frames))
-        vis.append(visual(frames[None], torch.tensor([[frames.shape[1], frames.shape[2]]])))
-    feats["visual"] = torch.cat(vis)
+    feats["visual"] = torch.cat([visual(d.frames[None], torch.tensor([[d.frames.shape[1], d.frames.shape[2]]]))
+                                 for d in decoded])
     mods = {"T": "text", "A": "audio", "V": "visual"}
     inputs = {mods[m]: feats[mods[m]][None].float() for m in fus_cfg.fusion.modalities}
     logits = fusion(torch.ones(1, len(utterances), dtype=torch.bool), **inputs)[0]
     return logits.softmax(-1).numpy()
 
 
-def readable(u) -> str | None:
-    """Why an utterance's clip cannot be used, or None: such utterances get a row saying so, not a guess."""
-    from m2fdist.media import MediaError, probe
-
-    try:
-        _, has_video, has_audio = probe(u.video)
-    except MediaError as e:
-        return e.reason
-    return None if has_video and has_audio else "clip lacks a video or audio stream"
-
-
 def predict(model_dir: Path, root: Path) -> list[dict[str, Any]]:
+    """One row per utterance of the tree: the emotion and probabilities, or why the utterance was skipped.
+
+    A clip that cannot be decoded (at the probe or after it) is a skip with its reason; the dialog's other
+    utterances are still predicted.
+    """
+    from m2fdist.media import MediaError
+
     model = load_model(model_dir)
     names = list(LABELS["meld"])
+    audio_seconds = model["audio"][0].audio.seconds
+    num_frames = model["visual"][0].data.num_frames
     corpus = read_meld(root, require_labels=False)
     rows = []
     for split, dialogs in corpus.splits.items():
         for dialog in dialogs:
-            reasons = {u.key: readable(u) for u in dialog}
-            good = [u for u in dialog if reasons[u.key] is None]
-            probs = dict(zip([u.key for u in good], predict_dialog(model, good), strict=True)) if good else {}
+            decoded, reasons = {}, {}
+            for u in dialog:
+                try:
+                    decoded[u.key] = decode_utterance(u, audio_seconds, num_frames)
+                except MediaError as e:
+                    reasons[u.key] = e.reason
+            good = [u for u in dialog if u.key in decoded]
+            probs = {}
+            if good:
+                p = predict_dialog(model, good, [decoded[u.key] for u in good])
+                probs = dict(zip([u.key for u in good], p, strict=True))
             for u in dialog:
                 row = {"split": split, "dialog": u.dialog, "utt": u.utt, "speaker": u.speaker, "text": u.text}
                 if u.key in probs:
                     p = probs[u.key]
                     row.update(emotion=names[int(p.argmax())],
                                probs={n: round(float(x), 6) for n, x in zip(names, p, strict=True)})
+                    if decoded[u.key].note:
+                        row["note"] = decoded[u.key].note
                 else:
                     row.update(emotion=None, probs=None, skipped=reasons[u.key])
                     print(f"skipped {split} dia{u.dialog}_utt{u.utt}: {reasons[u.key]}", file=sys.stderr)
@@ -106,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", type=Path, default=None, help="default: standard output")
     args = p.parse_args(argv)
-    rows = predict(args.model, args.root)
+    try:
+        rows = predict(args.model, args.root)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"m2fdist predict: {e}", file=sys.stderr)
+        return 2
     out = args.out.open("w", newline="") if args.out else sys.stdout
     if args.format == "json":
         json.dump(rows, out, indent=1, ensure_ascii=False)
@@ -114,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = list(LABELS["meld"])
         writer = csv.writer(out)
-        writer.writerow(["split", "dialog", "utt", "speaker", "text", "emotion", *names, "skipped"])
+        writer.writerow(["split", "dialog", "utt", "speaker", "text", "emotion", *names, "skipped", "note"])
         for r in rows:
             probs = [r["probs"][n] for n in names] if r["probs"] else [""] * len(names)
             writer.writerow([r["split"], r["dialog"], r["utt"], r["speaker"], r["text"], r["emotion"] or "", *probs,
-                             r.get("skipped", "")])
+                             r.get("skipped", ""), r.get("note", "")])
     if args.out:
         out.close()
     return 0

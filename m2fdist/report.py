@@ -1,5 +1,9 @@
 """``m2fdist report RUNS``: the evaluation report of a pipeline run.
 
+Every score is that of the checkpoint chosen on dev, the one ``m2fdist export`` ships; the fused model's
+are computed from its export, so ``m2fdist eval`` and ``m2fdist predict`` of that export agree with them.
+The last step's scores are kept beside them, named as such.
+
 Writes ``RUNS/report.json`` (accuracy, weighted and macro F1, per-class F1 for each split), a
 confusion-matrix PNG per split, and the modality ablation table (T, A, V, T+A+V concatenated,
 T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``.
@@ -11,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from m2fdist import atomic
 
 # Test-set accuracy / weighted F1 published in the M2FNet paper (DESIGN §3).
 PAPER = {
@@ -48,6 +54,30 @@ def _final(path: Path) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def _selection(final: dict[str, Any]) -> dict[str, Any]:
+    """Which checkpoint a stage's scores describe, and the last step's scores beside them."""
+    return {"tag": final.get("scored_tag", final.get("best_tag")), "step": final.get("best_step"),
+            "chosen_by": final.get("scored", "best checkpoint on dev"),
+            "best_dev_weighted_f1": final.get("best_dev_weighted_f1"),
+            "last_step": final.get("last", {}).get("step", final.get("step")),
+            "last_metrics": final.get("last", {}).get("metrics", {})}
+
+
+def shipped_scores(runs: Path, final: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The fused model's scores per split, computed from the export that ships (``RUNS/model``, else
+    ``RUNS/fusion/export``) on the feature shards it was trained on; the training run's own best-checkpoint
+    scores when there is no export yet."""
+    from m2fdist.evaluate import evaluate_export
+
+    cfg = json.loads((runs / "fusion" / "config.json").read_text())
+    for model in (runs / "model" / "fusion", runs / "fusion" / "export"):
+        if (model / "model.safetensors").is_file():
+            scores = {split: evaluate_export(model, Path(cfg["data"]["shards"]), split)[0]
+                      for split in final["metrics"]}
+            return scores, f"the exported model {model}"
+    return final["metrics"], "the fusion run's best checkpoint (not exported yet)"
+
+
 def write_report(runs: Path) -> Path:
     runs = Path(runs)
     main = _final(runs / "fusion")
@@ -58,44 +88,61 @@ def write_report(runs: Path) -> Path:
     from m2fdist.labels import LABELS
 
     names = list(LABELS[dataset])
+    scores, scored = shipped_scores(runs, main)
     splits = {}
-    for split, m in main["metrics"].items():
+    for split, m in scores.items():
         splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count")}
         png = runs / f"confusion_{split}.png"
         confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: M2FNet (T+A+V fused)")
         splits[split]["confusion_png"] = str(png)
-    split = "test" if "test" in main["metrics"] else next(iter(main["metrics"]))
+    split = "test" if "test" in scores else next(iter(scores))
     ablation = []
     for label, folder in ROWS:
         final = _final(runs / folder)
         if final is None or split not in final["metrics"]:
             continue
-        m = final["metrics"][split]
+        m = scores[split] if folder == "fusion" else final["metrics"][split]
+        sel = _selection(final)
+        last = sel["last_metrics"].get(split, {})
         paper = PAPER.get(dataset, {}).get(label)
         ablation.append({"modalities": label, "run": folder, "split": split, "accuracy": m["accuracy"],
-                         "weighted_f1": m["weighted_f1"], "paper_accuracy": paper[0] if paper else None,
+                         "weighted_f1": m["weighted_f1"], "checkpoint": sel["tag"], "step": sel["step"],
+                         "last_step": sel["last_step"], "last_accuracy": last.get("accuracy"),
+                         "last_weighted_f1": last.get("weighted_f1"),
+                         "paper_accuracy": paper[0] if paper else None,
                          "paper_weighted_f1": paper[1] if paper else None})
-    report = {"dataset": dataset, "splits": splits, "ablation": ablation,
+    report = {"dataset": dataset, "scored": scored, "fusion_checkpoint": _selection(main), "splits": splits,
+              "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
                          for s in ("text", "audio", "visual")}}
     out = runs / "report.json"
-    out.write_text(json.dumps(report, indent=1))
-    (runs / "report.md").write_text(markdown(report))
+    atomic.write_json(out, report)
+    atomic.write_text(runs / "report.md", markdown(report))
     return out
 
 
+def _pct(x: float | None) -> str:
+    return f"{100 * x:.2f}" if x is not None else "—"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# {report['dataset']}: M2FNet evaluation", ""]
+    sel = report["fusion_checkpoint"]
+    lines = [f"# {report['dataset']}: M2FNet evaluation", "",
+             f"Scores of {report['scored']}: checkpoint {sel['tag']} (step {sel['step']}), {sel['chosen_by']}, "
+             f"dev weighted F1 {_pct(sel['best_dev_weighted_f1'])} when chosen. Every row scores the checkpoint "
+             f"chosen on dev; the last step's scores stand beside it.", ""]
     for split, m in report["splits"].items():
-        lines.append(f"- {split}: accuracy {100 * m['accuracy']:.2f}, weighted F1 {100 * m['weighted_f1']:.2f}, "
-                     f"macro F1 {100 * m['macro_f1']:.2f} ({m['count']} utterances)")
-    lines += ["", "| modalities | accuracy | weighted F1 | paper accuracy | paper weighted F1 |",
-              "|---|---|---|---|---|"]
+        last = sel["last_metrics"].get(split, {})
+        lines.append(f"- {split}: accuracy {_pct(m['accuracy'])}, weighted F1 {_pct(m['weighted_f1'])}, "
+                     f"macro F1 {_pct(m['macro_f1'])} ({m['count']} utterances); last step ({sel['last_step']}): "
+                     f"accuracy {_pct(last.get('accuracy'))}, weighted F1 {_pct(last.get('weighted_f1'))}")
+    lines += ["", "| modalities | accuracy | weighted F1 | checkpoint (step) | last step: accuracy "
+              "| last step: weighted F1 | paper accuracy | paper weighted F1 |", "|---|---|---|---|---|---|---|---|"]
     for row in report["ablation"]:
         pa = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "—"
         pw = f"{row['paper_weighted_f1']:.2f}" if row["paper_weighted_f1"] is not None else "—"
-        ours = f"{100 * row['accuracy']:.2f} | {100 * row['weighted_f1']:.2f}"
-        lines.append(f"| {row['modalities']} | {ours} | {pa} | {pw} |")
+        lines.append(f"| {row['modalities']} | {_pct(row['accuracy'])} | {_pct(row['weighted_f1'])} | {row['step']} | "
+                     f"{_pct(row['last_accuracy'])} | {_pct(row['last_weighted_f1'])} | {pa} | {pw} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="m2fdist report", description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path, help="a pipeline's runs folder (holding fusion/, fusion_T/, ...)")
     args = p.parse_args(argv)
-    path = write_report(args.runs)
+    try:
+        path = write_report(args.runs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"m2fdist report: {e}", file=sys.stderr)
+        return 2
     print((args.runs / "report.md").read_text())
     print(f"report: {path}")
     return 0

@@ -2,7 +2,9 @@
 
 Only rank 0 constructs a :class:`Tracker` that writes; other ranks get one that does nothing, so the
 training loop never branches on the rank to log. The W&B run id is stored in checkpoints, so a resumed
-run continues the same W&B run. Nothing here reads or writes an API key.
+run continues the same W&B run. A resumed run replays the steps after its checkpoint; records that
+``metrics.jsonl`` already holds (same kind, step and split) are not written or sent again, so the file and
+the W&B run hold each step once. Nothing here reads or writes an API key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from m2fdist import atomic
+
 
 class Tracker:
     def __init__(self, output_dir: Path, config: dict[str, Any], active: bool, wandb_cfg: Any,
@@ -22,9 +26,21 @@ class Tracker:
         self.run = None
         self.run_id = run_id
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.seen: set[tuple[str, int, str | None]] = set()
         if not active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # the last record was torn by a kill: drop it
+                text = text[: text.rfind("\n") + 1]
+                atomic.write_text(self.path, text)
+            for line in text.splitlines():
+                try:
+                    r = json.loads(line)
+                    self.seen.add((r["kind"], int(r["step"]), r.get("split")))
+                except (ValueError, KeyError, TypeError):  # a line torn by a kill: dropped
+                    continue
         if wandb_cfg.mode != "disabled":
             import wandb
 
@@ -38,8 +54,14 @@ class Tracker:
             self.run.define_metric("train/step")
             self.run.define_metric("*", step_metric="train/step")
 
+    def _first_time(self, kind: str, step: int, split: str | None) -> bool:
+        if (kind, step, split) in self.seen:
+            return False
+        self.seen.add((kind, step, split))
+        return True
+
     def log(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
-        if not self.active:
+        if not self.active or not self._first_time(kind, step, values.get("split")):
             return
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         with self.path.open("a") as f:
@@ -51,7 +73,7 @@ class Tracker:
 
     def log_eval(self, step: int, split: str, metrics: dict[str, Any], names: list[str],
                  labels: Any = None, preds: Any = None) -> None:
-        if not self.active:
+        if not self.active or (("eval", step, split) in self.seen):
             return
         self.log(step, {"split": split, **metrics}, kind="eval")
         if self.run is None:

@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -27,10 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from m2fdist import checkpoint, shm_buffers
+from m2fdist import atomic, checkpoint, runtime
 from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config
-from m2fdist.jit_lock import stale_lock_watch
-from m2fdist.metrics import classification_metrics, knn_predict
+from m2fdist.evaluate import Outputs, collect, prediction_rows, score
 from m2fdist.precision import Precision
 from m2fdist.stages import STAGES
 from m2fdist.tracking import Tracker
@@ -47,6 +45,7 @@ class State:
     batch: int = 0  # micro-batches of the current epoch already trained on (by this rank)
     best_f1: float = -1.0
     best_tag: str | None = None
+    best_metrics: dict[str, Any] | None = None  # per eval split: the scores of the checkpoint best_tag names
     wandb_id: str | None = None
 
 
@@ -58,85 +57,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _single_process_env() -> None:
-    """Plain ``python -m m2fdist.train``: a world of one, as the launcher would describe it."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _single_process_env()
+    runtime.single_process_env()
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.stage == "extract":
             raise ConfigError("stage=extract runs with `m2fdist extract` / launch/extract.py, not the trainer")
         ds_config, precision = deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]))
+        check_resume(cfg)
     except ConfigError as e:
         print(f"m2fdist train: config error: {e}", file=sys.stderr)
         return 2
-    with stale_lock_watch(enabled=_local_leader()):
-        init_distributed()
+    with runtime.started():
         rc = Trainer(cfg, ds_config, precision).run()
-    shutdown(rc)
+    runtime.shutdown(rc)
     return rc
 
 
-def _local_leader() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+def check_resume(cfg: RunConfig) -> None:
+    """Before any process group: a fresh run never lands on an earlier one, and a resume says what changed.
 
-
-def share_cores() -> int | None:
-    """Give this rank its share of the node's cores as torch threads, unless OMP_NUM_THREADS says otherwise.
-
-    The deepspeed launcher (unlike torchrun) leaves OMP_NUM_THREADS unset, so every rank starts one thread
-    per core: on 2 cores, 2 ranks ran 4 spinning OpenMP threads, and feature extraction took 8 s per
-    batch instead of 1.4 s. Returns the thread count it set, or None when it left torch's default alone.
+    Changes that alter what the next step computes (model shape, batch, precision, data) are refused unless
+    ``allow_config_change=true``; the universal-checkpoint path covers only a changed world size.
     """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
-    if local <= 1:
-        return None
-    threads = max(1, len(os.sched_getaffinity(0)) // local)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def init_distributed() -> None:
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    share_cores()
-    if _local_leader():
-        shm_buffers.remove_orphans()
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-
-
-def shutdown(rc: int) -> None:
-    """Leave the process group together, then exit without C++ static teardown.
-
-    With several ranks, a non-master node sometimes died after finishing its work with "terminate called
-    without an active exception" (exit code 250): a communication thread still joinable when the
-    interpreter tore down. Everything is written and flushed by now, so the process exits directly.
-    Past the barrier no peer opens this rank's shared-memory buffer by name any more: it is unlinked here.
-    """
-    if not dist.is_initialized():
+    out = Path(cfg.output_dir)
+    try:
+        if not cfg.resume:
+            checkpoint.check_fresh(out)
+            return
+        found = checkpoint.resolve(cfg.resume, out)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    saved = checkpoint.saved_config(*found) if found else None
+    if saved is None:
         return
-    world, rank = dist.get_world_size(), dist.get_rank()
-    dist.barrier()
-    shm_buffers.release_own_buffer(rank)
-    dist.destroy_process_group()
-    if world > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
+    harmless, breaking = checkpoint.config_changes(saved, cfg.to_dict())
+    if harmless and int(os.environ.get("RANK", 0)) == 0:
+        print("resume: config changed since the checkpoint: " + "; ".join(harmless), file=sys.stderr)
+    if breaking and not cfg.allow_config_change:
+        raise ConfigError(f"resume from {found[0] / found[1]}: these changes break an exact resume: "
+                          + "; ".join(breaking) + " (allow_config_change=true to resume anyway)")
+    if breaking and int(os.environ.get("RANK", 0)) == 0:
+        print("resume: allow_config_change=true, continuing despite: " + "; ".join(breaking), file=sys.stderr)
 
 
 def _align_buffers(module: torch.nn.Module) -> None:
@@ -207,7 +170,7 @@ class Trainer:
         if self.rank == 0:
             print(f"precision: {self.precision.dtype} ({self.precision.reason})", file=sys.stderr)
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            atomic.write_json(self.out / "config.json", cfg.to_dict())
         self.tracker = Tracker(self.out, {**cfg.to_dict(), "world_size": self.world,
                                           "precision": self.precision.dtype,
                                           "precision_reason": self.precision.reason},
@@ -254,7 +217,7 @@ class Trainer:
                     self._log_train(losses, samples, time.time() - t0)
                 losses, t0, samples = [], time.time(), 0
                 if cfg.train.eval_every and st.step % cfg.train.eval_every == 0:
-                    self._evaluate()
+                    self._evaluate_and_keep_best()
                 if cfg.train.save_every and st.step % cfg.train.save_every == 0:
                     self._save()
                 if kill_at and st.step == kill_at and self.rank == 0:
@@ -264,21 +227,33 @@ class Trainer:
             if st.batch >= self.steps_per_epoch * self.accum:  # the epoch is complete
                 st.epoch, st.batch = st.epoch + 1, 0
                 if st.step < self.total:
-                    self._evaluate()
+                    self._evaluate_and_keep_best()
                     self._save()
-        final = self._evaluate(final=True)
+        last = self._evaluate_and_keep_best(last=True)
         self._save()
-        peaks: list[Any] = [None] * self.world
-        dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        if self.rank == 0:
-            summary = {"stage": cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
-                       "best_dev_weighted_f1": st.best_f1, "metrics": final, "world_size": self.world,
-                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
-                       "precision": self.precision.dtype, "precision_reason": self.precision.reason}
-            (self.out / "final.json").write_text(json.dumps(summary, indent=1))
+        self._write_final(last)
         self.tracker.finish()
         dist.barrier()
         return 0
+
+    def _write_final(self, last: dict[str, Any]) -> None:
+        """final.json: the scores of the checkpoint that is exported (best on dev) and, beside them, the last step's."""
+        st = self.state
+        peaks: list[Any] = [None] * self.world
+        dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        if self.rank == 0:
+            chosen = st.best_tag is not None
+            summary = {"stage": self.cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
+                       "best_step": int(st.best_tag[4:]) if chosen else None, "best_dev_weighted_f1": st.best_f1,
+                       "scored": ("the best checkpoint on dev (what `m2fdist export` ships)" if chosen else
+                                  "the last step (no dev split to choose on)"),
+                       "scored_tag": st.best_tag if chosen else checkpoint.tag_for(st.step),
+                       "metrics": st.best_metrics if chosen else last,
+                       "last": {"step": st.step, "tag": checkpoint.tag_for(st.step), "metrics": last},
+                       "world_size": self.world,
+                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
+                       "precision": self.precision.dtype, "precision_reason": self.precision.reason}
+            atomic.write_json(self.out / "final.json", summary)
 
     def _log_train(self, losses: list[float], samples: int, seconds: float) -> None:
         stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)
@@ -291,51 +266,50 @@ class Trainer:
         })
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def _evaluate(self, final: bool = False) -> dict[str, Any]:
-        results: dict[str, Any] = {}
+    def _evaluate(self) -> dict[str, tuple[dict[str, Any], Outputs, np.ndarray]]:
+        """(metrics, outputs, predictions) per eval split, gathered from every rank; on rank 0 only."""
+        results = {}
         self.engine.eval()
         for split, loader in self.eval_loaders.items():
-            labels, outputs, keys = [], [], []
-            with torch.no_grad():
-                for batch in loader:
-                    y, o, k = self.stage.evaluate(self.engine, batch)
-                    labels.append(y)
-                    outputs.append(o)
-                    keys += k
             gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, (labels, outputs, keys))
+            dist.all_gather_object(gathered, collect(self.stage, self.engine, loader))
             if self.rank == 0:
-                results[split] = self._score(split, gathered, final)
+                out = Outputs.join(gathered)
+                metrics, preds = score(self.stage, out, self.cfg.triplet.knn)
+                results[split] = (metrics, out, preds)
         self.engine.train()
-        scores = [results.get("dev", {}).get("weighted_f1", -1.0)]
-        dist.broadcast_object_list(scores, src=0)
-        if "dev" in self.eval_loaders and scores[0] > self.state.best_f1:
-            self.state.best_f1 = scores[0]
-            self.state.best_tag = checkpoint.tag_for(self.state.step)
-            self._save()
-            checkpoint.mark_best(self.ckpt_dir, self.state.best_tag)
         return results
 
-    def _score(self, split: str, gathered: list[Any], final: bool) -> dict[str, Any]:
-        labels = np.concatenate([a for g in gathered for a in g[0]]) if gathered else np.zeros(0)
-        outputs = np.concatenate([a for g in gathered for a in g[1]])
-        keys = [k for g in gathered for k in g[2]]
-        if self.stage.predicts_labels:
-            preds = outputs.argmax(axis=1)
-        else:
-            preds = knn_predict(outputs, labels, self.cfg.triplet.knn, len(self.stage.names))
-        metrics = classification_metrics(labels, preds, self.stage.names)
-        self.tracker.log_eval(self.state.step, split, metrics, self.stage.names, labels, preds)
-        if final:
-            pred_dir = self.out / "predictions"
-            pred_dir.mkdir(parents=True, exist_ok=True)
-            with (pred_dir / f"{split}.jsonl").open("w") as f:
-                for i, key in enumerate(keys):
-                    row = {"key": key, "label": int(labels[i]), "pred": int(preds[i])}
-                    if self.stage.predicts_labels:
-                        row["probs"] = [round(float(p), 6) for p in outputs[i]]
-                    f.write(json.dumps(row) + "\n")
-        return metrics
+    def _evaluate_and_keep_best(self, last: bool = False) -> dict[str, Any]:
+        """Evaluate, log, and when dev weighted F1 improves save the checkpoint and mark it best.
+
+        Prediction files are written for the best checkpoint (``predictions/SPLIT.jsonl``: the model that is
+        exported) and, at the end, for the last step (``predictions/last/SPLIT.jsonl``).
+        """
+        results = self._evaluate()
+        for split, (metrics, out, preds) in results.items():
+            self.tracker.log_eval(self.state.step, split, metrics, self.stage.names, out.labels, preds)
+        scores = [results["dev"][0]["weighted_f1"] if "dev" in results else -1.0]
+        dist.broadcast_object_list(scores, src=0)
+        improved = "dev" in self.eval_loaders and scores[0] > self.state.best_f1
+        if improved:
+            self.state.best_f1 = scores[0]
+            self.state.best_tag = checkpoint.tag_for(self.state.step)
+            self.state.best_metrics = {s: r[0] for s, r in results.items()}
+            self._save()
+            checkpoint.mark_best(self.ckpt_dir, self.state.best_tag)
+        if self.rank == 0:
+            for split, (_, out, preds) in results.items():
+                rows = prediction_rows(self.stage, out, preds)
+                if improved:
+                    self._write_predictions(self.out / "predictions" / f"{split}.jsonl", rows)
+                if last:
+                    self._write_predictions(self.out / "predictions" / "last" / f"{split}.jsonl", rows)
+        return {s: r[0] for s, r in results.items()}
+
+    @staticmethod
+    def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+        atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save(self) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from launching import ENV, fusion_args, run
 
-from m2fdist.jit_lock import remove_stale_locks
-from m2fdist.shm_buffers import PREFIX, remove_orphans
+from m2fdist.runtime.jit_lock import remove_stale_locks
+from m2fdist.runtime.shm_buffers import PREFIX, remove_orphans
 
 
 def test_stale_build_lock_is_removed(tmp_path):
@@ -89,7 +89,7 @@ def test_ranks_share_the_cores_unless_told(monkeypatch):
 
     import torch
 
-    from m2fdist.train import share_cores
+    from m2fdist.runtime import share_cores
 
     before = torch.get_num_threads()
     try:

@@ -14,6 +14,7 @@ import pytest
 from launching import deepspeed, fusion_args
 from PIL import Image
 
+from m2fdist.cli import main as cli
 from m2fdist.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig
 from m2fdist.predict import main as predict_main
@@ -29,9 +30,10 @@ def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_fact
         shutil.copytree(src, runs / stage, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
     for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"])):
         deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
-                  fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]", *extra),
+                  fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]",
+                              "precision=fp32", *extra),
                   runs / f"{name}.log")
-    export(runs / "fusion", "latest")
+    export(runs / "fusion")  # the best checkpoint on dev, as the pipeline ships it
     Pipeline(PipelineConfig(runs=str(runs))).bundle()  # RUNS/model, what predict loads
     return runs
 
@@ -56,7 +58,7 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
         shutil.rmtree(runs / gone) if (runs / gone).is_dir() else (runs / gone).unlink()
     cfg = PipelineConfig(shards=str(work["shards"]), features=str(features), runs=str(runs), num_gpus=2,
                          ablations=False, overrides={"fusion": ["train.max_steps=6", "wandb.mode=disabled",
-                                                                "data.eval_splits=[dev,test]"]})
+                                                                "data.eval_splits=[dev,test]", "precision=fp32"]})
     cfg.fusion = "configs/tiny/fusion.yaml"
     Pipeline(cfg).run()
     said = capsys.readouterr().err
@@ -78,13 +80,23 @@ def test_fusion_dims_must_match_the_features(features):
         FusionStage(cfg).prepare(M2FNetDialog(cfg.fusion))
 
 
-def test_report(pipeline_runs):
+def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):
     path = write_report(pipeline_runs)
     report = json.loads(path.read_text())
     final = json.loads((pipeline_runs / "fusion" / "final.json").read_text())
+    shipped = json.loads((pipeline_runs / "model" / "fusion" / "config.json").read_text())["tag"]
+    assert report["fusion_checkpoint"]["tag"] == shipped == final["best_tag"]
+    assert report["fusion_checkpoint"]["last_step"] == final["step"] == 4
+    # `m2fdist eval` of the exported bundle on the test split gives exactly the report's numbers
+    scores = tmp_path / "eval.json"
     for split in ("dev", "test"):
+        assert cli(["eval", "--model", str(pipeline_runs / "model"), "--shards", str(features), "--split", split,
+                    "--out", str(scores)]) == 0
+        evaluated = json.loads(scores.read_text())["metrics"]
         m = report["splits"][split]
-        assert m["weighted_f1"] == final["metrics"][split]["weighted_f1"]
+        assert (m["accuracy"], m["weighted_f1"]) == (evaluated["accuracy"], evaluated["weighted_f1"])
+        # ... which are the best checkpoint's, as the training run scored it (fp32 here, so to the last bit)
+        assert m["weighted_f1"] == pytest.approx(final["metrics"][split]["weighted_f1"], abs=1e-9)
         assert set(m["per_class_f1"]) == {"neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"}
         with Image.open(m["confusion_png"]) as img:
             assert img.size[0] > 300
@@ -93,7 +105,8 @@ def test_report(pipeline_runs):
     assert rows["T+A+V fused"]["paper_weighted_f1"] == 66.71
     t_final = json.loads((pipeline_runs / "fusion_T" / "final.json").read_text())
     assert rows["T"]["weighted_f1"] == t_final["metrics"]["test"]["weighted_f1"]
-    assert "| T+A+V fused |" in (pipeline_runs / "report.md").read_text()
+    md = (pipeline_runs / "report.md").read_text()
+    assert "| T+A+V fused |" in md and f"checkpoint {shipped}" in md and "last step" in md
 
 
 def test_fusion_model_standardizes_with_the_train_split(pipeline_runs, features):

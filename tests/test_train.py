@@ -156,7 +156,12 @@ def test_text_export_predicts_like_the_engine(text_run, work):
     from m2fdist.data import LoaderConfig, make_loader
     from m2fdist.export import load_exported
 
-    cfg, model = load_exported(text_run / "export_latest")
+    # the export ships the best checkpoint on dev; predictions/ hold what the engine said at that checkpoint
+    cfg, model = load_exported(text_run / "export")
+    final = json.loads((text_run / "final.json").read_text())
+    assert json.loads((text_run / "export" / "config.json").read_text())["tag"] == final["best_tag"]
+    assert final["metrics"]["dev"]["weighted_f1"] == final["best_dev_weighted_f1"]
+    assert final["last"]["step"] == final["step"] and set(final["last"]["metrics"]) == {"dev", "test"}
     live = {r["key"]: r for r in map(json.loads, (text_run / "predictions" / "dev.jsonl").read_text().splitlines())}
     loader = make_loader(work["shards"], "dev", LoaderConfig(batch_size=4, num_workers=0, train=False,
                                                             members=("json",)), rank=0, world_size=1)
@@ -247,7 +252,9 @@ def test_two_nodes_on_one_machine(work, features, tmp_path):
                         *fusion_args(work, features, out, "deepspeed=configs/ds/zero3.json", "train.epochs=12",
                                      "train.lr=5e-3")]
     logs = [(tmp_path / f"node{i}.log").open("w") for i in range(2)]
-    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT,
+    # the shipped .deepspeed_env example, as a user copies it: DeepSpeed 0.19's launcher parses it in this mode
+    env = {**ENV, "DS_ENV_FILE": str(ROOT / "launch" / "deepspeed_env.example")}
+    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT,
                               start_new_session=True) for i in range(2)]
     try:
         rcs = [p.wait(timeout=LAUNCH_TIMEOUT) for p in procs]
@@ -257,6 +264,7 @@ def test_two_nodes_on_one_machine(work, features, tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"two nodes still running after {LAUNCH_TIMEOUT:.0f} s; killed.\n{stacks}")
     assert rcs == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+    assert "deepspeed_env file = " in (tmp_path / "node0.log").read_text()
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
     assert_loss_falls(out)
 

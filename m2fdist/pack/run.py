@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import queue
+import signal
 import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from m2fdist import atomic
 from m2fdist.pack.index import INDEX_NAME, build_index
 from m2fdist.pack.plan import ShardPlan, fingerprint, parse_part, plan_shards, select_part
-from m2fdist.pack.writer import PackOptions, is_finished, write_json_atomic, write_shard
+from m2fdist.pack.writer import PackOptions, is_finished, write_shard
 from m2fdist.raw import read_corpus
 
 PLAN_NAME = "pack.json"
@@ -34,8 +39,13 @@ def _tick(n: int) -> None:
     _progress.put(n)
 
 
+KILL_ENV = "M2FDIST_PACK_KILL_SHARD"  # tests: the worker given this shard SIGKILLs itself, like an OOM kill
+
+
 def _pack_one(args: tuple[ShardPlan, Path, Path, PackOptions]) -> dict[str, Any]:
     plan, out, root, options = args
+    if os.environ.get(KILL_ENV) == plan.name:
+        os.kill(os.getpid(), signal.SIGKILL)
     return write_shard(plan, out, root, options, tick=_tick)
 
 
@@ -80,7 +90,7 @@ def pack(
     }
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan_file, overwrite)
-    write_json_atomic(out / PLAN_NAME, plan_file)
+    atomic.write_json(out / PLAN_NAME, plan_file)
 
     if not index_only:
         mine = select_part(plans, (part_i, part_n))
@@ -98,7 +108,7 @@ def pack(
               file=sys.stderr)
         return None
     index = build_index(out, plan_file)
-    write_json_atomic(out / INDEX_NAME, index)
+    atomic.write_json(out / INDEX_NAME, index)
     return index
 
 
@@ -121,32 +131,50 @@ def _check_plan(out: Path, plan_file: dict, overwrite: bool) -> None:
             path.unlink()
 
 
+class PackWorkerDied(RuntimeError):
+    """A pack worker process ended abruptly (a signal, the OOM killer): the pack stops, resumable."""
+
+
 def _run(todo: list[ShardPlan], out: Path, root: Path, options: PackOptions, workers: int, progress: bool) -> None:
+    """Encode the shards in worker processes, moving one progress bar with per-utterance ticks.
+
+    A worker killed mid-shard (SIGKILL from the OOM killer, a signal) breaks the pool: the pack then stops with
+    an error that says so, instead of waiting for a result that never comes. Finished shards stay finished
+    (tar + stats), so rerunning the same command resumes.
+    """
     total = sum(len(p.utterances) for p in todo)
     bar = tqdm(total=total, unit="utt", desc="packing", disable=not progress or total == 0, file=sys.stderr)
     ctx = mp.get_context("spawn")
     ticks = ctx.Queue()
-    tasks = [(p, out, root, options) for p in todo]
-    with ctx.Pool(min(workers, max(1, len(todo))), initializer=_init_worker, initargs=(ticks,)) as pool:
-        pending = pool.imap_unordered(_pack_one, tasks)
-        results = _drain(pending, ticks, bar, len(tasks))
+    results: list[dict] = []
+    with ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx, initializer=_init_worker,
+                             initargs=(ticks,)) as pool:
+        futures = {pool.submit(_pack_one, (p, out, root, options)): p.name for p in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _move(bar, ticks)
+            for f in done:
+                try:
+                    results.append(f.result())
+                except BrokenProcessPool:
+                    unfinished = sorted(futures[g] for g in futures if not g.done() or g is f)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise PackWorkerDied(
+                        f"a pack worker died while encoding (killed by a signal, often the OOM killer: "
+                        f"try fewer --workers or a smaller --max-side); {len(results)} shards of this run are "
+                        f"finished and kept, {len(unfinished)} are not (e.g. {', '.join(unfinished[:3])}). "
+                        "Run the same command again to resume.") from None
+    _move(bar, ticks)
     bar.close()
     skipped = sum(len(r["skipped"]) for r in results)
     if skipped:
         print(f"{skipped} utterances could not be decoded and were skipped (see index.json)", file=sys.stderr)
 
 
-def _drain(pending: Any, ticks: Any, bar: tqdm, n: int) -> list[dict]:
-    """Collect shard results while moving the progress bar with per-utterance ticks from the workers."""
-    results = []
-    while len(results) < n:
+def _move(bar: tqdm, ticks: Any) -> None:
+    while True:
         try:
-            results.append(pending.next(timeout=0.2))
-        except mp.TimeoutError:
-            pass
-        while True:
-            try:
-                bar.update(ticks.get_nowait())
-            except queue.Empty:
-                break
-    return results
+            bar.update(ticks.get_nowait())
+        except (queue.Empty, OSError, EOFError):
+            return

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2fdist import atomic
 from m2fdist.media import Encoded, MediaError, encode_utterance
 from m2fdist.pack.plan import ShardPlan
 from m2fdist.raw.base import Skip, Utterance
@@ -47,12 +48,6 @@ def is_finished(out: Path, name: str) -> bool:
         return False
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def _relative(path: str, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
@@ -71,6 +66,12 @@ def _sample_json(u: Utterance, root: Path, enc: Encoded) -> dict[str, Any]:
     if enc.source_duration is not None:
         meta["source_duration"] = round(enc.source_duration, 3)
     return meta
+
+
+def _too_long(duration: float | None, max_seconds: float) -> str:
+    if duration is None:
+        return f"clip runs past --max-seconds {max_seconds:g} (its container declares no duration)"
+    return f"clip is {duration:.1f}s long, past --max-seconds {max_seconds:g}"
 
 
 def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
@@ -110,7 +111,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
                 )
                 if enc.trimmed and options.long_clips == "skip":
                     raise MediaError(
-                        f"clip is {enc.source_duration:.1f}s long, past --max-seconds {options.max_seconds:g}"
+                        _too_long(enc.source_duration, options.max_seconds)
                     )
             except MediaError as e:
                 skipped.append(Skip(u.dataset, u.split, e.reason, u.dialog, u.utt, _relative(u.video, root)).to_json())
@@ -119,7 +120,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
                 continue
             meta = _sample_json(u, root, enc)
             if enc.trimmed:
-                trimmed.append({"key": u.key, "source": meta["source"], "source_duration": meta["source_duration"]})
+                trimmed.append({"key": u.key, "source": meta["source"], "source_duration": meta.get("source_duration")})
             _add_sample(tar, u.key, {
                 "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
                 "mp4": mp4.read_bytes(),
@@ -138,5 +139,5 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
         "est_bytes": plan.est_bytes, "dialogs": len(dialogs), "labels": dict(sorted(labels.items())),
         "keys": keys, "skipped": skipped, "trimmed": trimmed, "seconds": round(time.time() - t0, 2),
     }
-    write_json_atomic(stats_path(out, plan.name), stats)
+    atomic.write_json(stats_path(out, plan.name), stats)
     return stats

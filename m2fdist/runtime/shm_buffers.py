@@ -49,10 +49,46 @@ def in_use(root: Path = SHM) -> set[str]:
     return used
 
 
+def shared_mount(root: Path) -> str | None:
+    """Why processes that use ``root`` may be invisible here (a mount shared with other containers), or None.
+
+    A tmpfs that this mount namespace shares with others (``shared:``/``master:`` propagation in mountinfo,
+    as with ``docker --ipc=host`` or a bind of the host's /dev/shm) can hold buffers of ranks in other
+    containers, whose processes /proc does not show. ``M2FDIST_SHM_SHARED=1`` says so explicitly.
+    """
+    if os.environ.get("M2FDIST_SHM_SHARED", "") not in ("", "0"):
+        return "M2FDIST_SHM_SHARED is set"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return "/proc/self/mountinfo is unreadable"
+    best, tags = "", ""
+    target = str(root.resolve())
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 7:
+            continue
+        mount = fields[4]
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, tags = mount, " ".join(fields[6:fields.index("-")] if "-" in fields else [])
+    if "shared:" in tags or "master:" in tags:
+        return f"{best} is shared with other mount namespaces ({tags})"
+    return None
+
+
 def remove_orphans(root: Path = SHM) -> list[Path]:
-    """Delete this user's DeepSpeed buffers that no process has open or mapped; return them."""
+    """Delete this user's DeepSpeed buffers that provably no process uses; return them.
+
+    Proof: the file is owned by this uid, and no process visible here has it open or mapped, on a mount no
+    other container shares. Where that cannot be known, nothing is deleted and the reason is said once.
+    """
     candidates = sorted(root.glob(f"{PREFIX}_{os.getuid()}_*"))
     if not candidates:
+        return []
+    shared = shared_mount(root)
+    if shared:
+        print(f"m2fdist: leaving {len(candidates)} DeepSpeed allreduce buffers in {root}: {shared}, so processes "
+              "using them may not be visible here (delete them by hand when no run is active)", file=sys.stderr)
         return []
     used = in_use(root)
     removed, freed = [], 0
@@ -60,12 +96,16 @@ def remove_orphans(root: Path = SHM) -> list[Path]:
         if str(path) in used:
             continue
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            if st.st_uid != os.getuid():
+                continue
             path.unlink()
         except FileNotFoundError:
             continue
+        except PermissionError:  # another user's file after all (sticky /dev/shm): not ours to delete
+            continue
         removed.append(path)
-        freed += size
+        freed += st.st_size
     if removed:
         print(f"m2fdist: removed {len(removed)} orphaned DeepSpeed allreduce buffers from {root},"
               f" {freed / 2**20:.0f} MB of RAM (DeepSpeed never deletes them)", file=sys.stderr, flush=True)

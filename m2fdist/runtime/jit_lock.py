@@ -7,10 +7,12 @@ cancelled during its first launch, a session or allocation ending, an OOM kill) 
 then on every launch on that machine waits forever inside ``deepspeed.init_distributed`` (on CPU, for the
 shared-memory comm op).
 
-A lock is stale when no process on this machine has it open and it is older than ``stale_after`` seconds.
-The open-file check makes a slow build on this machine safe however long it takes; the age covers a
-holder on another node that shares the folder (a home directory on NFS). One process per node watches
-while the run starts and removes stale locks, saying so.
+A lock is stale when it is owned by this user, no process on this machine has it open, and it is older
+than ``stale_after`` seconds. The open-file check makes a slow build on this machine safe however long it
+takes. On a network filesystem (a home directory on NFS, Lustre, a FUSE mount) a holder may be a process on
+another node, which nothing here can see: such locks are left alone and reported once. One process per
+node watches while the run starts and removes stale locks, saying so. (Works around torch 2.11's
+``torch.utils.cpp_extension`` / ``FileBaton``, used by DeepSpeed 0.19's op builder.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,26 @@ def extensions_root() -> Path:
     return Path(_get_build_directory("deepspeed_shm_comm", verbose=False)).parent
 
 
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p")
+_reported: set[Path] = set()
+
+
+def network_fs(path: Path) -> str | None:
+    """The filesystem type of ``path`` when it is shared over a network (or FUSE), else None."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target, best, kind = str(Path(path).resolve()), "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:
+            mount = fields[1]
+            if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, fields[2]
+    return kind if kind in NETWORK_FS or kind.startswith("fuse") else None
+
+
 def held_here(path: Path) -> bool:
     """Whether a process on this machine has ``path`` open (what a live lock holder does)."""
     target = str(path.resolve())
@@ -47,7 +69,7 @@ def held_here(path: Path) -> bool:
 
 
 def remove_stale_locks(root: Path, stale_after: float = STALE_AFTER, now: float | None = None,
-                       settle: float = 0.5) -> list[Path]:
+                       settle: float = 0.5, fs_kind: str | None = None) -> list[Path]:
     """Delete the stale ``root/*/lock`` files; return the ones removed.
 
     A holder closes the file an instant before deleting it, so an unheld lock is looked at again after
@@ -55,17 +77,25 @@ def remove_stale_locks(root: Path, stale_after: float = STALE_AFTER, now: float 
     """
     now = time.time() if now is None else now
     removed = []
+    remote = fs_kind if fs_kind is not None else network_fs(root)  # fs_kind: what the caller knows (tests)
     for lock in root.glob("*/lock"):
         try:
             st = lock.stat()
             age = now - st.st_mtime
-            if age <= stale_after or held_here(lock):
+            if age <= stale_after or st.st_uid != os.getuid() or held_here(lock):
+                continue
+            if remote:
+                if lock not in _reported:
+                    _reported.add(lock)
+                    print(f"m2fdist: the build lock {lock} looks stale ({age:.0f} s old) but sits on a {remote} "
+                          "filesystem, where a process on another node may hold it: left alone (delete it by hand "
+                          "if no node is building)", file=sys.stderr, flush=True)
                 continue
             time.sleep(settle)
             if lock.stat().st_ino != st.st_ino or held_here(lock):
                 continue
             lock.unlink()
-        except FileNotFoundError:  # released meanwhile
+        except (FileNotFoundError, PermissionError):  # released meanwhile, or not ours to delete
             continue
         print(f"m2fdist: removed the stale build lock {lock} ({age:.0f} s old, no process has it open: a build"
               " was killed)", file=sys.stderr, flush=True)

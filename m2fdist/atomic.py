@@ -1,0 +1,91 @@
+"""Atomic, durable writes: the one way m2fdist writes a file or folder whose presence means "done".
+
+A completion marker (``final.json``, ``latest``, ``best``, ``pack.json``, ``index.json``, a shard's stats, an
+export) must never be seen half-written, and two writers (two ``pack --part`` processes, two ranks) must not
+share a temporary file. So every write goes to a temporary name unique to the writing process, is fsynced,
+renamed over the target, and the folder is fsynced, so that a power loss leaves the old file or the new one,
+never an empty pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (unique temporary file, fsync, rename, fsync of the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False))
+
+
+def temp_dir_for(final: str | Path) -> Path:
+    """A fresh folder beside ``final`` to fill before :func:`publish_dir` puts it in place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Move a completely written folder into place, replacing an earlier one.
+
+    Every file in it is fsynced first. The earlier folder is renamed aside and deleted only after the new
+    one is in place, so at every instant ``final`` is either absent, the old folder or the new one.
+    """
+    tmp, final = Path(tmp), Path(final)
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def stray_temporaries(folder: str | Path) -> list[Path]:
+    """Temporaries a killed writer left behind in ``folder`` (for cleaners and tests)."""
+    return sorted(Path(folder).glob(".*.tmp"))

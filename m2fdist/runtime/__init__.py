@@ -1,0 +1,104 @@
+"""What every m2fdist process needs around its work: process set-up, teardown and upstream workarounds.
+
+``train``, ``extract``, the pipeline and the tests use these and nothing else to start and end a process:
+
+- :func:`single_process_env`: plain ``python -m m2fdist.train`` describes a world of one, as a launcher would;
+- :func:`share_cores`: each rank takes its share of the node's cores (the deepspeed launcher sets no
+  OMP_NUM_THREADS, and 2 ranks on 2 cores ran 4 spinning threads);
+- :func:`started`: the process group, with the stale JIT-lock watcher (:mod:`.jit_lock`) around its start and
+  the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
+- :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;
+- :func:`free_port`: the one free-port helper.
+
+Each workaround says which upstream version it works around.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from m2fdist.runtime import shm_buffers
+from m2fdist.runtime.jit_lock import stale_lock_watch
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for MASTER_PORT / --master_port)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """Plain ``python -m m2fdist.train``: a world of one, as the launcher would describe it."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())})
+
+
+def local_leader() -> bool:
+    """The one process per node that runs node-wide chores (cleaners)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def share_cores() -> int | None:
+    """Give this rank its share of the node's cores as torch threads, unless OMP_NUM_THREADS says otherwise.
+
+    The deepspeed launcher (0.19; unlike torchrun) leaves OMP_NUM_THREADS unset, so every rank starts one
+    thread per core: on 2 cores, 2 ranks ran 4 spinning OpenMP threads, and feature extraction took 8 s per
+    batch instead of 1.4 s. Returns the thread count it set, or None when it left torch's default alone.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    if local <= 1:
+        return None
+    threads = max(1, len(os.sched_getaffinity(0)) // local)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def init_distributed() -> None:
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    share_cores()
+    if local_leader():
+        shm_buffers.remove_orphans()
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+@contextmanager
+def started() -> Iterator[None]:
+    """The process group up, with the JIT build-lock watcher running while it starts (and the work runs)."""
+    with stale_lock_watch(enabled=local_leader()):
+        init_distributed()
+        yield
+
+
+def shutdown(rc: int) -> None:
+    """Leave the process group together, then exit without C++ static teardown.
+
+    With several ranks (torch 2.11, gloo), a non-master node sometimes died after finishing its work with
+    "terminate called without an active exception" (exit code 250): a communication thread still joinable
+    when the interpreter tore down. Everything is written and flushed by now, so the process exits directly.
+    Past the barrier no peer opens this rank's shared-memory buffer by name any more: it is unlinked here.
+    """
+    if not dist.is_initialized():
+        return
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dist.barrier()
+    shm_buffers.release_own_buffer(rank)
+    dist.destroy_process_group()
+    if world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
