@@ -162,7 +162,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(harmless, breaking) differences between a checkpoint's config and the resuming run's, as lines."""
-    a, b = _flat(saved), _flat(now)
+    a, b = (_flat(json.loads(json.dumps(c))) for c in (saved, now))  # tuples and lists compare as JSON does
     harmless, breaking = [], []
     for key in sorted(a.keys() | b.keys()):
         if a.get(key) == b.get(key):

@@ -222,6 +222,7 @@ def test_killed_run_resumes_exactly(work, features):
     loss_a = {r["step"]: r["loss"] for r in records(a)}
     resumed = [r for r in records(b) if r["step"] > 3][-5:]  # the resumed run's steps
     assert [r["step"] for r in resumed] == [4, 5, 6, 7, 8]
+    assert [r["step"] for r in records(b)] == list(range(1, 9))  # the replayed step 4 is logged once
     assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in range(4, 9)], rel=1e-6, abs=1e-7)
 
 

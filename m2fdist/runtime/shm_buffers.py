@@ -35,17 +35,27 @@ def in_use(root: Path = SHM) -> set[str]:
     prefix = f"{root}/"
     used: set[str] = set()
     for proc in Path("/proc").glob("[0-9]*"):
-        try:  # fds before maps: shm.cpp opens, maps, then closes, so one of the two always shows a live buffer
-            for fd in (proc / "fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith(prefix):
-                    used.add(target)
-            for line in (proc / "maps").read_text().splitlines():
-                path = line.split(maxsplit=5)[5:]
-                if path and path[0].startswith(prefix):
-                    used.add(path[0].removesuffix(" (deleted)"))
+        # fds before maps: shm.cpp opens, maps, then closes, so one of the two always shows a live buffer.
+        # Each fd on its own: one closing while we look (our own directory listing's) must not hide the rest.
+        try:
+            fds = list((proc / "fd").iterdir())
         except OSError:  # gone meanwhile, or another user's process
+            fds = []
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                used.add(target)
+        try:
+            maps = (proc / "maps").read_text().splitlines()
+        except OSError:
             continue
+        for line in maps:
+            path = line.split(maxsplit=5)[5:]
+            if path and path[0].startswith(prefix):
+                used.add(path[0].removesuffix(" (deleted)"))
     return used
 
 
