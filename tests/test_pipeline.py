@@ -138,6 +138,9 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     # the planted corrupt clip gets a row that says why, and the reader's skips are reported
     corrupt = [r for r in rows if r["emotion"] is None]
     assert [r["skipped"] for r in corrupt] == ["moov atom not found"]
+    # audio is read up to the audio model's 2 s, as in training; the minutes-long planted clip says so
+    long = [r for r in rows if (r["dialog"], r["utt"]) == ("220", "0")]
+    assert long and long[0]["note"].startswith("audio: used the first 2 s of")
     assert "clip missing" in out.err
     csv_path = tmp_path / "pred.csv"
     assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root), "--format", "csv",
@@ -153,5 +156,12 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     rows_csv = list(csv.reader(lines))
     with (bare / "test_sent_emo.csv").open("w", newline="", encoding="cp1252") as f:
         csv.writer(f).writerows([[r[i] for i in keep] for r in rows_csv])
+    # a clip whose header probes fine but whose media does not decode: a recorded skip, the dialog still predicted
+    victim = sorted((bare / "output_repeated_splits_test").glob("dia*_utt1.mp4"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 5])
     assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(bare)]) == 0
-    assert json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)
+    dialog = victim.name.split("_")[0][3:]
+    broken = [r for r in rows if r["dialog"] == dialog and r["utt"] == "1"]
+    assert len(broken) == 1 and broken[0]["emotion"] is None and broken[0]["skipped"]
+    assert [r for r in rows if r["dialog"] == dialog and r["emotion"] is not None]

@@ -45,7 +45,7 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
             raise MediaError("video has no frames")
         idx = np.linspace(0, n - 1, num_frames).round().astype(int)
         frames = reader.get_batch(idx.tolist()).asnumpy()
-    except decord.DECORDError as e:
+    except (decord.DECORDError, RuntimeError) as e:  # decord raises plain RuntimeErrors for some files too
         raise MediaError(f"decord could not read the video: {str(e).splitlines()[0][:200]}") from e
     return frames
 
