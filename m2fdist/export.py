@@ -1,8 +1,10 @@
 """``m2fdist export``: one safetensors model (+ its config) from a stage's sharded DeepSpeed checkpoint.
 
-The fp32 weights are rebuilt from the ZeRO shards by DeepSpeed's zero_to_fp32; the text stage also
-saves its encoder's config and tokenizer, so the export loads anywhere without the original checkpoint
-or the hub. Loading an export reads safetensors and JSON only (no pickle).
+The fp32 weights are rebuilt from the ZeRO shards (any stage, ZeRO-3 included) by DeepSpeed's zero_to_fp32;
+the text stage also saves its model's config and tokenizer, so the export loads anywhere without the original
+checkpoint or the hub. A text model fine-tuned with LoRA is exported merged (W + B·A·alpha/r folded into the
+base weights): the export is a plain model of the base's architecture that loads without peft and runs as
+fast as the base. Loading an export reads safetensors and JSON only (no pickle).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from m2fdist import atomic, checkpoint
 from m2fdist.config import RunConfig
+from m2fdist.labels import LABELS
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -71,11 +74,15 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     if not (ckpt_dir / tag / checkpoint.META).is_file():
         raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
     state = fp32_state_dict(ckpt_dir, tag)
+    meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}
+    if cfg.stage == "text" and cfg.text.finetune == "lora":
+        state = merged_lora_state(cfg, state)
+        meta["text_weights"] = "LoRA merged into the base weights"
     out = Path(out or run_dir / "export")
     tmp = atomic.temp_dir_for(out)
     try:
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}, indent=1))
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if cfg.stage == "text":
             from transformers import AutoConfig, AutoTokenizer
 
@@ -86,6 +93,27 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA run's weights with the adapters folded in: the state dict of the plain TextModel.
+
+    The model is built on the meta device (no memory for the base's random init) and takes the checkpoint's
+    tensors as they are, so merging an 8B model needs the checkpoint's memory only.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from m2fdist.models.text import TextModel, model_kwargs
+
+    model_config = AutoConfig.from_pretrained(cfg.text.model)
+    kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
+    with torch.device("meta"):
+        model = TextModel(AutoModel.from_config(model_config, **kwargs), AutoTokenizer.from_pretrained(cfg.text.model),
+                          cfg.text, LABELS[cfg.dataset])
+        model.prepare_finetune()
+    model.load_state_dict(state, strict=True, assign=True)
+    model.merge_adapters()
+    return {k: v for k, v in model.state_dict().items() if not v.is_meta}
 
 
 def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module]:
@@ -102,11 +130,13 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
     if cfg.stage == "text":
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from m2fdist.models.text import TextModel
+        from m2fdist.models.text import TextModel, model_kwargs
 
         enc = path / "text_encoder"
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(enc), add_pooling_layer=False)
-        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text)
+        model_config = AutoConfig.from_pretrained(enc)
+        kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
+        encoder = AutoModel.from_config(model_config, **kwargs)  # plain: LoRA was merged at export
+        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text, LABELS[cfg.dataset])
     else:
         model = STAGES[cfg.stage](cfg).build_model()
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)

@@ -28,6 +28,7 @@ from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
 from m2fdist.labels import LABELS
+from m2fdist.models.text import TokenizeBatch
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
 from m2fdist.train import parse_args
@@ -57,16 +58,17 @@ def dialog_features(models: dict[str, torch.nn.Module], batch: dict[str, Any], i
     out = {}
     if "text" in models:
         m = models["text"]
-        metas = batch["meta"][i]
-        inputs = m.tokenize([x["text"] for x in metas],
-                            [[c["text"] for c in x.get("context_prev", [])] for x in metas],
-                            [[c["text"] for c in x.get("context_next", [])] for x in metas])
-        out["text"] = m.sentence_vector(**inputs)
+        inputs = batch["text_inputs"][i] if "text_inputs" in batch else m.batcher.from_metas(batch["meta"][i])
+        out["text"] = m.sentence_vector(**{k: v.to(device_of(m)) for k, v in inputs.items()})
     if "audio" in models:
         out["audio"] = models["audio"](batch["audio"][i, :k], batch["audio_len"][i, :k])
     if "visual" in models:
         out["visual"] = models["visual"](batch["frames"][i, :k], batch["frame_hw"][i, :k])
     return {name: x.float().cpu().numpy() for name, x in out.items()}
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def shard_name(split: str, rank: int, world: int) -> str:
@@ -84,7 +86,8 @@ def run(cfg: RunConfig) -> None:
     d = cfg.data
     loader_cfg = LoaderConfig(level="dialog", batch_size=d.batch_size, num_workers=d.num_workers, train=False,
                               num_frames=d.num_frames, members=members,
-                              frame_size=(d.frame_width, d.frame_height) if d.frame_width else None)
+                              frame_size=(d.frame_width, d.frame_height) if d.frame_width else None,
+                              transform=TokenizeBatch(models["text"].batcher) if "text" in models else None)
     for split in cfg.extract.splits:
         if split not in source["splits"]:
             continue

@@ -70,10 +70,8 @@ def predict_dialog(model: dict[str, Any], utterances: list, decoded: list[Decode
     _, visual = model["visual"]
     _, audio = model["audio"]
     fus_cfg, fusion = model["fusion"]
-    texts = [u.text for u in utterances]
-    prev = [[c["text"] for c in u.extra.get("context_prev", [])] for u in utterances]
-    nxt = [[c["text"] for c in u.extra.get("context_next", [])] for u in utterances]
-    feats = {"text": text.sentence_vector(**text.tokenize(texts, prev, nxt))}
+    metas = [{**u.extra, "text": u.text, "speaker": u.speaker} for u in utterances]  # as packed into the json
+    feats = {"text": text.sentence_vector(**text.tokenize_metas(metas))}
     lengths = torch.tensor([len(d.wave) for d in decoded])
     padded = torch.zeros(len(decoded), int(lengths.max()))
     for i, d in enumerate(decoded):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ class LoaderConfig:
     seed: int = 0
     # Members to decode: a stage that needs only text skips video and audio decoding altogether.
     members: tuple[str, ...] = ("json", "mp4", "wav")
+    # Applied to every collated batch inside the worker (the text stage's tokeniser), so it overlaps training.
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -141,8 +143,10 @@ class ShardDataset(IterableDataset):
     def _collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         level = self.config.level
         if level == "features":
-            return collate_features(batch)
-        return collate_dialogs(batch) if level == "dialog" else collate_utterances(batch)
+            out = collate_features(batch)
+        else:
+            out = collate_dialogs(batch) if level == "dialog" else collate_utterances(batch)
+        return self.config.transform(out) if self.config.transform else out
 
 
 def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, rank: int | None = None,
@@ -157,7 +161,7 @@ def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, ra
     context = None
     if config.num_workers:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "m2fdist.data.loader"])
+        context.set_forkserver_preload(["torch", "m2fdist.data.loader", *getattr(config.transform, "preload", ())])
     return DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
                       persistent_workers=False, prefetch_factor=2 if config.num_workers else None,
                       generator=torch.Generator().manual_seed(config.seed), multiprocessing_context=context)

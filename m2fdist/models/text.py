@@ -1,19 +1,60 @@
-"""Text model (DESIGN §3): a Hugging Face encoder (RoBERTa by default) fine-tuned as an utterance
-classifier, fed the utterance with its k previous and k next utterances.
+"""Text model (DESIGN §3): a Hugging Face text model fine-tuned as an utterance classifier, fed the utterance
+with up to k previous and k next utterances of its dialog.
 
-Input: ``<s> prev_k </s> … prev_1 </s></s> target </s></s> next_1 </s> … next_k </s>``: the target is
-marked by doubled separators. When the whole exceeds the encoder's length, neighbours are dropped
-farthest first (alternating past and future at equal distance, past first); the target is cut only if
-it alone does not fit. The sentence vector is the encoder's first-token (``<s>``) state, the vector
-RoBERTa's own classification head reads.
+Input formats (``text.input_format``):
+
+- ``sep`` (the paper's, EmoBERTa-style): ``<s> prev_k </s> … prev_1 </s></s> target </s></s> next_1 </s> …
+  next_k </s>``: the target is marked by doubled separators (``[CLS]`` / ``[SEP]`` for BERT-style
+  tokenizers; a decoder's BOS / EOS where it has no CLS / SEP);
+- ``sep_speaker``: the same with every turn written ``Speaker: text`` (EmoBERTa found speaker names help);
+- ``past``: ``sep_speaker`` with past context only, for a model that must answer before the dialog goes on;
+- ``prompt``: an instruction for decoder LLMs (our own template, in the spirit of InstructERC): the dialog
+  history one ``Speaker: text`` line per turn, the target line marked, the label set named, ending where the
+  answer would start, so the last token's state is the one that decides.
+
+Whatever the format, when the whole exceeds the model's length, neighbours are dropped farthest first
+(alternating past and future at equal distance, past first); the target is cut only if it alone does not fit.
+
+The sentence vector (D_T, what extraction writes) is pooled over the final hidden states (``text.pooling``):
+``first`` token (encoders' default; what RoBERTa's classification head reads), ``last`` real token (decoders'
+default: in a causal model only the last token has seen the whole input), or the masked ``mean`` (what
+sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained with).
+
+Fine-tuning (``text.finetune``): ``full``; ``lora`` (peft adapters on the frozen model, the head trained in
+full; checkpointed and resumed like any weight, merged into the base weights at export); ``frozen`` (only the
+head trains). ``gradient_checkpointing``, ``torch_dtype`` and ``attn_implementation`` pass through to transformers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+INPUT_FORMATS = ("sep", "sep_speaker", "past", "prompt")
+POOLINGS = ("first", "last", "mean")
+FINETUNE = ("full", "lora", "frozen")
+DTYPES = ("", "float32", "bfloat16", "float16")
+
+# A turn of the dialog: plain text, or a mapping with "text" and (optionally) "speaker", as the samples'
+# json carries it (``context_prev`` / ``context_next`` entries, and the sample's own meta).
+Turn = str | Mapping[str, Any]
+
+
+@dataclass
+class LoraSettings:
+    """peft's LoRA: rank, scale (alpha / r), dropout on the adapter input, and the layers it adapts."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # []: peft's default for the model family (Llama: q_proj, v_proj; BERT: query, value); ["all-linear"]: every
+    # linear layer of the model; or module names such as [q_proj, k_proj, v_proj, o_proj].
+    target_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -23,20 +64,88 @@ class TextConfig:
     max_length: int = 512
     dropout: float = 0.1
     num_classes: int = 7
+    pooling: str = ""  # first | last | mean; "": first for encoders, last real token for decoders
+    input_format: str = "sep"  # sep | sep_speaker | past | prompt (module docstring)
+    # full: every weight trains; lora: peft adapters on a frozen model (+ the head); frozen: only the head trains
+    finetune: str = "full"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    attn_implementation: str = ""  # "": transformers' default; eager, sdpa, flash_attention_2, ...
+    torch_dtype: str = ""  # dtype the weights load in ("": float32); DeepSpeed's bf16 / fp16 casts them anyway
+    padding_side: str = ""  # decoders: left | right ("": the tokenizer's); encoders always pad on the right
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("", *POOLINGS):
+            raise ValueError(f"text.pooling must be one of {POOLINGS} (or empty for the model's default), "
+                             f"not {self.pooling!r}")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"text.input_format must be one of {INPUT_FORMATS}, not {self.input_format!r}")
+        if self.context < 0:
+            raise ValueError(f"text.context must be >= 0, not {self.context}")
+        if self.finetune not in FINETUNE:
+            raise ValueError(f"text.finetune must be one of {FINETUNE}, not {self.finetune!r}")
+        if self.torch_dtype not in DTYPES:
+            raise ValueError(f"text.torch_dtype must be one of {DTYPES[1:]} (or empty), not {self.torch_dtype!r}")
+        if self.padding_side not in ("", "left", "right"):
+            raise ValueError(f"text.padding_side must be left or right (or empty), not {self.padding_side!r}")
+        if self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
+            raise ValueError("text.lora: r >= 1, alpha > 0 and 0 <= dropout < 1")
 
 
-def build_input(tokenizer, target: str, prev: list[str], nxt: list[str], k: int, max_length: int) -> list[int]:
-    """Token ids of one utterance with up to ``k`` neighbours each side, fitted to ``max_length``."""
+def _speaker_text(turn: Turn, with_speaker: bool) -> str:
+    if isinstance(turn, str):
+        return turn
+    text, speaker = str(turn.get("text", "")), str(turn.get("speaker") or "")
+    return f"{speaker}: {text}" if with_speaker and speaker else text
+
+
+def _fit(assemble: Callable[[list, list[int], list], list[int]], past: list, tgt: list[int], future: list,
+         max_length: int) -> list[int]:
+    """Drop the farthest neighbours until ``assemble(past, tgt, future)`` fits; cut the target only last.
+
+    ``past`` is nearest last, ``future`` nearest first; both are consumed.
+    """
+    while len(assemble(past, tgt, future)) > max_length and (past or future):
+        if len(past) >= len(future):  # the farthest remaining neighbour; past first at equal distance
+            past.pop(0)
+        else:
+            future.pop()
+    ids = assemble(past, tgt, future)
+    if len(ids) > max_length:  # the target alone is too long: only now is it cut
+        keep = len(tgt) - (len(ids) - max_length)
+        if keep < 1:
+            raise ValueError(f"max_length {max_length} cannot hold the input format's fixed tokens and a token")
+        ids = assemble(past, tgt[:keep], future)
+    return ids
+
+
+def build_input(tokenizer, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn], k: int, max_length: int,
+                input_format: str = "sep", labels: Sequence[str] = ()) -> list[int]:
+    """Token ids of one utterance with up to ``k`` neighbours each side, fitted to ``max_length``.
+
+    ``labels`` (the class names) are needed by the ``prompt`` format only.
+    """
     if max_length < 3:
         raise ValueError(f"max_length {max_length} cannot hold <s>, a token and </s>")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {INPUT_FORMATS}, not {input_format!r}")
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    past = [enc(s) for s in prev[-k:]] if k else []  # nearest last
-    future = [enc(s) for s in nxt[:k]] if k else []  # nearest first
-    tgt = enc(target)
+    with_speaker = input_format != "sep"
+    nxt = [] if input_format == "past" else nxt
+    if input_format == "prompt":
+        return _build_prompt(tokenizer, enc, target, list(prev[-k:]) if k else [], list(nxt[:k]) if k else [],
+                             max_length, labels)
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if sep is None:
+        raise ValueError("the tokenizer has neither a SEP nor an EOS token to separate turns: use "
+                         "text.input_format=prompt")
+    head = [] if cls is None else [cls]
+    past = [enc(_speaker_text(s, with_speaker)) for s in prev[-k:]] if k else []  # nearest last
+    future = [enc(_speaker_text(s, with_speaker)) for s in nxt[:k]] if k else []  # nearest first
 
-    def assemble() -> list[int]:
-        ids = [cls]
+    def assemble(past: list, tgt: list[int], future: list) -> list[int]:
+        ids = list(head)
         for p in past:
             ids += p + [sep]
         ids += ([sep] if past else []) + tgt + [sep, sep]
@@ -44,57 +153,246 @@ def build_input(tokenizer, target: str, prev: list[str], nxt: list[str], k: int,
             ids += f + [sep]
         return ids if future else ids[:-1]
 
-    while len(assemble()) > max_length and (past or future):
-        if len(past) >= len(future):  # the farthest remaining neighbour; past first at equal distance
-            past.pop(0)
-        else:
-            future.pop()
-    ids = assemble()
-    if len(ids) > max_length:  # the target alone is too long: only now is it cut
-        tgt = tgt[: max_length - 2]
-        ids = assemble()
-    return ids
+    return _fit(assemble, past, enc(_speaker_text(target, with_speaker)), future, max_length)
+
+
+PROMPT_INTRO = "Below is part of a conversation. The utterance between <target> and </target> is the one to judge.\n"
+PROMPT_QUESTION = "Which emotion does the speaker of the target utterance express? Answer with one of: {labels}.\n"
+PROMPT_ANSWER = "Answer:"
+
+
+def _build_prompt(tokenizer, enc, target: Turn, past_turns: list[Turn], future_turns: list[Turn],
+                  max_length: int, labels: Sequence[str]) -> list[int]:
+    """The ``prompt`` format: intro, one ``Speaker: text`` line per turn with the target marked, the question.
+
+    Pieces are tokenised separately (each ends with a newline), so dropping a turn never re-tokenises the rest.
+    """
+    if not labels:
+        raise ValueError("input_format=prompt names the label set: give the class names")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else (
+        [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else [])
+    intro = bos + enc(PROMPT_INTRO)
+    outro = enc(PROMPT_QUESTION.format(labels=", ".join(labels))) + enc(PROMPT_ANSWER)
+    speaker = "" if isinstance(target, str) else str(target.get("speaker") or "")
+    open_tag, close_tag = enc(f"<target> {speaker}: " if speaker else "<target> "), enc(" </target>\n")
+    tgt = enc(_speaker_text(target, False))
+    past = [enc(_speaker_text(t, True) + "\n") for t in past_turns]
+    future = [enc(_speaker_text(t, True) + "\n") for t in future_turns]
+
+    def assemble(past: list, tgt: list[int], future: list) -> list[int]:
+        return [*intro, *(i for p in past for i in p), *open_tag, *tgt, *close_tag, *(i for f in future for i in f),
+                *outro]
+
+    return _fit(assemble, past, tgt, future, max_length)
+
+
+def is_encoder(model_config: Any) -> bool:
+    """Bidirectional encoder (BERT, RoBERTa, DeBERTa, ELECTRA, ...) or decoder-only LLM?
+
+    Encoder families are the ones transformers gives a masked-LM head; Llama, Qwen, Mistral and Gemma have none.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(model_config, "model_type", "") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """[B, L, H] states → [B, H]: the first real token, the last real token, or the masked mean.
+
+    Works for right and left padding alike: positions come from the mask, not from the padding side.
+    """
+    if how == "mean":
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    real = mask.bool()
+    if how == "first":
+        idx = torch.where(real, positions, mask.shape[1]).min(1).values
+    elif how == "last":
+        idx = torch.where(real, positions, -1).max(1).values
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {how!r}")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+def turns_of(meta: Mapping[str, Any]) -> tuple[Turn, list[Turn], list[Turn]]:
+    """(target, previous turns, next turns) of a sample's json meta, speakers included."""
+    return meta, list(meta.get("context_prev", [])), list(meta.get("context_next", []))
+
+
+class TextBatcher:
+    """Turns utterances (samples' json metas, or plain strings) into padded ``input_ids`` / ``attention_mask``.
+
+    It holds only the tokenizer and settings, no weights, and pickles: loader workers run it, so tokenising
+    overlaps the model's step instead of sitting in the training loop.
+    """
+
+    def __init__(self, tokenizer, config: TextConfig, max_length: int, labels: Sequence[str], decoder: bool):
+        self.tokenizer, self.config, self.max_length, self.labels = tokenizer, config, max_length, list(labels)
+        self.left = decoder and (config.padding_side or tokenizer.padding_side) == "left"
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (tokenizer.eos_token_id or 0)  # decoders often have no pad token
+        if config.input_format == "prompt" and not self.labels:
+            raise ValueError("text.input_format=prompt names the label set: build the text model with labels")
+
+    def input_ids(self, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn]) -> list[int]:
+        c = self.config
+        return build_input(self.tokenizer, target, prev, nxt, c.context, self.max_length, c.input_format, self.labels)
+
+    def pad_batch(self, ids: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        width = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, i in enumerate(ids):
+            cols = slice(width - len(i), width) if self.left else slice(0, len(i))
+            input_ids[row, cols] = torch.tensor(i, dtype=torch.long)
+            mask[row, cols] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def __call__(self, targets: Sequence[Turn], prev: Sequence[Sequence[Turn]],
+                 nxt: Sequence[Sequence[Turn]]) -> dict[str, Tensor]:
+        return self.pad_batch([self.input_ids(t, p, n) for t, p, n in zip(targets, prev, nxt, strict=True)])
+
+    def from_metas(self, metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        targets, prev, nxt = zip(*(turns_of(m) for m in metas), strict=True)
+        return self(targets, prev, nxt)
+
+
+class TokenizeBatch:
+    """Loader transform, run in the workers: adds ``input_ids`` / ``attention_mask`` to an utterance batch, and
+    ``text_inputs`` (one padded batch per dialog) to a dialog batch, from the samples' json metas."""
+
+    def __init__(self, batcher: TextBatcher):
+        self.batcher = batcher
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """Modules the loader's forkserver imports once: unpickling the tokenizer in every worker of every epoch
+        would import transformers each time (seconds per worker, minutes on a loaded machine)."""
+        return (__name__, type(self.batcher.tokenizer).__module__)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        metas = batch["meta"]
+        if metas and isinstance(metas[0], list):  # dialogs: a list of utterance metas each
+            return {**batch, "text_inputs": [self.batcher.from_metas(m) for m in metas]}
+        return {**batch, **self.batcher.from_metas(metas)}
+
+
+def model_kwargs(config: TextConfig, model_config: Any) -> dict[str, Any]:
+    """Keyword arguments for ``AutoModel.from_pretrained`` / ``from_config``: dtype, attention kernel, and no
+    pooler for the encoders that have one (BERT, RoBERTa: a layer the sentence vector never reads)."""
+    from transformers import AutoModel
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    kwargs: dict[str, Any] = {}
+    if config.torch_dtype:
+        kwargs["dtype"] = getattr(torch, config.torch_dtype)
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    cls = _get_model_class(model_config, AutoModel._model_mapping)
+    if "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return kwargs
+
+
+def _lora_targets(names: Sequence[str]) -> str | list[str] | None:
+    """peft takes "all-linear" as a string, module names as a list, None for the family's default."""
+    names = list(names)
+    if names == ["all-linear"]:
+        return "all-linear"
+    return names or None
 
 
 class TextModel(nn.Module):
-    """Encoder + classification head; ``sentence_vector`` gives D_T for feature extraction."""
+    """Text model + classification head; ``sentence_vector`` gives D_T for feature extraction.
 
-    def __init__(self, encoder: nn.Module, tokenizer, config: TextConfig):
+    Built with ``from_pretrained`` for training (the fine-tuning mode applied) or directly around a plain
+    ``encoder`` (exports: LoRA already merged into the weights, so they load without peft).
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer, config: TextConfig, labels: Sequence[str] = ()):
         super().__init__()
         self.encoder, self.tokenizer, self.config = encoder, tokenizer, config
+        self.labels = list(labels)
         hidden = encoder.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, hidden), nn.Tanh(),
                                   nn.Dropout(config.dropout), nn.Linear(hidden, config.num_classes))
         self.max_length = min(config.max_length, _position_limit(encoder))
+        self.decoder = not is_encoder(encoder.config)
+        self.pooling = config.pooling or ("last" if self.decoder else "first")
+        self.batcher = TextBatcher(tokenizer, config, self.max_length, self.labels, self.decoder)
+        self.frozen = False
 
     @classmethod
-    def from_pretrained(cls, config: TextConfig, **kwargs) -> TextModel:
-        from transformers import AutoModel, AutoTokenizer
+    def from_pretrained(cls, config: TextConfig, labels: Sequence[str] = (), **kwargs) -> TextModel:
+        """The pretrained model, ready to fine-tune as ``config.finetune`` says."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(config.model)
-        encoder = AutoModel.from_pretrained(config.model, add_pooling_layer=False, **kwargs)
-        return cls(encoder, tokenizer, config)
+        kwargs = {**model_kwargs(config, AutoConfig.from_pretrained(config.model)), **kwargs}
+        model = cls(AutoModel.from_pretrained(config.model, **kwargs), tokenizer, config, labels)
+        model.prepare_finetune()
+        return model
+
+    def prepare_finetune(self) -> None:
+        """Apply gradient checkpointing and the fine-tuning mode: LoRA adapters (peft) or a frozen encoder."""
+        c = self.config
+        if c.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and ZeRO-3's hooks
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.encoder, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if c.finetune == "frozen":
+            self.encoder.requires_grad_(False)
+            self.frozen = True
+        elif c.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, bias="none",
+                              target_modules=_lora_targets(c.lora.target_modules))
+            self.encoder = get_peft_model(self.encoder, lora)
+
+    def merge_adapters(self) -> None:
+        """Fold LoRA into the base weights (W + B·A·alpha/r): a plain model of the base's architecture."""
+        from peft import PeftModel
+
+        if isinstance(self.encoder, PeftModel):
+            self.encoder = self.encoder.merge_and_unload()
+
+    def train(self, mode: bool = True) -> TextModel:
+        super().train(mode)
+        if self.frozen:  # a frozen encoder is a fixed feature extractor: no dropout in it
+            self.encoder.eval()
+        return self
 
     @property
     def dim(self) -> int:
         return self.encoder.config.hidden_size
 
-    def tokenize(self, texts: list[str], prev: list[list[str]], nxt: list[list[str]]) -> dict[str, Tensor]:
-        """A padded batch (input_ids, attention_mask) for the encoder."""
-        ids = [build_input(self.tokenizer, t, p, n, self.config.context, self.max_length)
-               for t, p, n in zip(texts, prev, nxt, strict=True)]
-        width = max(len(i) for i in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, i in enumerate(ids):
-            input_ids[row, : len(i)] = torch.tensor(i)
-            mask[row, : len(i)] = 1
+    def input_ids(self, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn]) -> list[int]:
+        return self.batcher.input_ids(target, prev, nxt)
+
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         device = next(self.parameters()).device
-        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def tokenize(self, targets: Sequence[Turn], prev: Sequence[Sequence[Turn]],
+                 nxt: Sequence[Sequence[Turn]]) -> dict[str, Tensor]:
+        """A padded batch (input_ids, attention_mask); turns are strings or {"speaker", "text"} mappings."""
+        return self._to_device(self.batcher(targets, prev, nxt))
+
+    def tokenize_metas(self, metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        """A padded batch from samples' json metas: text, speaker and the context turns with their speakers."""
+        return self._to_device(self.batcher.from_metas(metas))
 
     def sentence_vector(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        kwargs = {}
+        if self.decoder:  # positions count real tokens only, so left padding does not shift them
+            kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.head(self.sentence_vector(input_ids, attention_mask))

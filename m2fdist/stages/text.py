@@ -1,4 +1,7 @@
-"""Text stage: fine-tune RoBERTa (with dialog context) as an utterance classifier; only the json is decoded."""
+"""Text stage: fine-tune a text model (with dialog context) as an utterance classifier; only the json is decoded.
+
+The loader workers tokenise (``TokenizeBatch``), so the training loop receives ready ``input_ids``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m2fdist.models.text import TextModel
+from m2fdist.data import LoaderConfig
+from m2fdist.models.text import TextBatcher, TextModel, TokenizeBatch
 from m2fdist.stages.base import Stage, to_device
 
 
@@ -16,16 +20,28 @@ class TextStage(Stage):
     name = "text"
     members = ("json",)
 
+    batcher: TextBatcher | None = None
+
     def build_model(self) -> nn.Module:
-        return TextModel.from_pretrained(self.cfg.text)
+        model = TextModel.from_pretrained(self.cfg.text, labels=self.names)
+        self.batcher = model.batcher
+        return model
+
+    def loader_config(self, train: bool) -> LoaderConfig:
+        config = super().loader_config(train)
+        if self.batcher is not None:
+            config.transform = TokenizeBatch(self.batcher)
+        return config
 
     def is_pretrained(self, param_name: str) -> bool:
         return param_name.startswith("encoder.")
 
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        inner = getattr(model, "module", model)  # the DeepSpeed engine wraps the TextModel
-        inputs = inner.tokenize(batch["text"], batch["context_prev"], batch["context_next"])
-        return model(**inputs)
+        if "input_ids" not in batch:  # a loader without the workers' tokeniser
+            inner = getattr(model, "module", model)  # the DeepSpeed engine wraps the TextModel
+            batch = {**batch, **inner.batcher.from_metas(batch["meta"])}
+        return model(input_ids=to_device(batch["input_ids"], model),
+                     attention_mask=to_device(batch["attention_mask"], model))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         logits = self._logits(model, batch)

