@@ -2,7 +2,8 @@
 
 Writes ``RUNS/report.json`` (accuracy, weighted and macro F1, per-class F1 for each split), a
 confusion-matrix PNG per split, and the modality ablation table (T, A, V, T+A+V concatenated,
-T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``.
+T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``. A text-only run (no fusion stage)
+is reported from its text stage; the report names the modalities it covers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ PAPER = {
 }
 ROWS = [("T", "fusion_T"), ("A", "fusion_A"), ("V", "fusion_V"), ("T+A+V concatenated", "fusion_TAV_concat"),
         ("T+A+V fused", "fusion")]
+TEXT_ONLY_ROWS = [("T", "text")]
+MODALITY_NAMES = {"T": "text", "A": "audio", "V": "visual"}
+
+
+def covered(stage: str, cfg: dict[str, Any]) -> str:
+    """The modalities the reported model sees, in words."""
+    if stage == "text":
+        return "text only (the text stage; no audio or visual)"
+    mods = cfg["fusion"]["modalities"]
+    how = "attention fusion" if cfg["fusion"].get("fusion") == "attention" else cfg["fusion"].get("fusion", "")
+    return f"{', '.join(MODALITY_NAMES[m] for m in mods)} ({how})"
 
 
 def confusion_png(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
@@ -50,10 +62,13 @@ def _final(path: Path) -> dict[str, Any] | None:
 
 def write_report(runs: Path) -> Path:
     runs = Path(runs)
-    main = _final(runs / "fusion")
+    stage = "fusion" if (runs / "fusion" / "final.json").is_file() else "text"
+    main = _final(runs / stage)
     if main is None:
-        raise FileNotFoundError(f"{runs / 'fusion' / 'final.json'} not found: run the pipeline (fusion stage) first")
-    cfg = json.loads((runs / "fusion" / "config.json").read_text())
+        raise FileNotFoundError(f"{runs / 'fusion' / 'final.json'} (or, text only, {runs / 'text' / 'final.json'}) "
+                                "not found: run the pipeline first")
+    cfg = json.loads((runs / stage / "config.json").read_text())
+    modalities = covered(stage, cfg)
     dataset = cfg["dataset"]
     from m2fdist.labels import LABELS
 
@@ -62,11 +77,11 @@ def write_report(runs: Path) -> Path:
     for split, m in main["metrics"].items():
         splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count")}
         png = runs / f"confusion_{split}.png"
-        confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: M2FNet (T+A+V fused)")
+        confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: {modalities}")
         splits[split]["confusion_png"] = str(png)
     split = "test" if "test" in main["metrics"] else next(iter(main["metrics"]))
     ablation = []
-    for label, folder in ROWS:
+    for label, folder in ROWS if stage == "fusion" else TEXT_ONLY_ROWS:
         final = _final(runs / folder)
         if final is None or split not in final["metrics"]:
             continue
@@ -75,7 +90,7 @@ def write_report(runs: Path) -> Path:
         ablation.append({"modalities": label, "run": folder, "split": split, "accuracy": m["accuracy"],
                          "weighted_f1": m["weighted_f1"], "paper_accuracy": paper[0] if paper else None,
                          "paper_weighted_f1": paper[1] if paper else None})
-    report = {"dataset": dataset, "splits": splits, "ablation": ablation,
+    report = {"dataset": dataset, "modalities": modalities, "splits": splits, "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
                          for s in ("text", "audio", "visual")}}
     out = runs / "report.json"
@@ -85,7 +100,7 @@ def write_report(runs: Path) -> Path:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# {report['dataset']}: M2FNet evaluation", ""]
+    lines = [f"# {report['dataset']}: M2FNet evaluation", "", f"Modalities: {report['modalities']}.", ""]
     for split, m in report["splits"].items():
         lines.append(f"- {split}: accuracy {100 * m['accuracy']:.2f}, weighted F1 {100 * m['weighted_f1']:.2f}, "
                      f"macro F1 {100 * m['macro_f1']:.2f} ({m['count']} utterances)")

@@ -14,6 +14,7 @@ import pytest
 from launching import deepspeed, fusion_args
 from PIL import Image
 
+from m2fdist.config import ConfigError
 from m2fdist.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig
 from m2fdist.predict import main as predict_main
@@ -142,3 +143,17 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
         csv.writer(f).writerows([[r[i] for i in keep] for r in rows_csv])
     assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(bare)]) == 0
     assert json.loads(capsys.readouterr().out)
+
+
+def test_text_only_report(text_run, tmp_path):
+    """A text-only run (m2fdist pipeline with modalities: text) is reported from its text stage and says so."""
+    runs = tmp_path / "runs"
+    shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    report = json.loads(write_report(runs).read_text())
+    final = json.loads((runs / "text" / "final.json").read_text())
+    assert report["modalities"].startswith("text only")
+    assert set(report["splits"]) == set(final["metrics"]) == {"dev", "test"}
+    assert [(r["modalities"], r["run"], r["paper_weighted_f1"]) for r in report["ablation"]] == [("T", "text", 66.23)]
+    assert "Modalities: text only" in (runs / "report.md").read_text()
+    with pytest.raises(ConfigError, match="modalities must be one of"):
+        Pipeline(PipelineConfig(runs=str(runs), modalities="audio"))
