@@ -57,7 +57,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from m2fdist.pack.run import PackWorkerDied
 
     out = args.out or Path("shards") / args.dataset
-    options = PackOptions(max_side=args.max_side, max_seconds=args.max_seconds, long_clips=args.long_clips)
+    options = PackOptions(max_side=args.max_side, max_seconds=args.max_seconds, long_clips=args.long_clips,
+                          modalities=args.modalities)
     reader_options = {"dev_seed": args.dev_seed} if args.dataset == "iemocap" else {}
     try:
         index = pack(args.dataset, args.root, out, workers=args.workers, options=options,
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-seconds", type=_positive(float), default=60.0,
                    help="clips longer than this (MELD's wrongly cut ones) are trimmed or skipped")
     k.add_argument("--long-clips", choices=["trim", "skip"], default="trim")
+    k.add_argument("--modalities", choices=["text,audio,visual", "text"], default="text,audio,visual",
+                   help="text: json-only samples from the CSVs / transcripts alone; clips are not needed, "
+                        "probed or decoded, and a missing clip is not a skip")
     k.add_argument("--shard-size", type=_positive(int), default=200, help="max utterances per shard")
     k.add_argument("--shard-mb", type=_positive(float), default=256.0, help="max (bounded) MB per shard")
     k.add_argument("--part", default="0/1", help="pack slice i of n (i/n) so machines can share a corpus")

@@ -58,6 +58,10 @@ class TrainConfig:
     warmup_steps: int = 0
     clip: float = 1.0
     seed: int = 0
+    # Classifier stages (text, fusion): "none", "inverse" or "sqrt_inverse" frequency of the training split's
+    # labels (from index.json), or a list of one weight per class; focal_gamma > 0 adds the focal term.
+    class_weights: Any = "none"
+    focal_gamma: float = 0.0
 
 
 @dataclass
@@ -171,10 +175,34 @@ def check_config(cfg: RunConfig) -> None:
         if getattr(cfg.data, name) < 1:
             raise ConfigError(f"data.{name} must be >= 1")
     check_ranges(cfg)
+    _check_loss(cfg)
     index = Path(cfg.data.shards) / "index.json"
     if cfg.stage != "extract" and not index.is_file():
         raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there (pack the corpus, or for the "
                           "fusion stage run `m2fdist extract`, first)")
+    if cfg.stage in ("audio", "visual"):
+        from m2fdist.pack.index import packed_modalities
+
+        if cfg.stage not in packed_modalities(json.loads(index.read_text())):
+            raise ConfigError(f"data.shards={cfg.data.shards} holds text-only samples (packed with --modalities "
+                              f"text): the {cfg.stage} stage needs shards packed with media")
+
+
+def _check_loss(cfg: RunConfig) -> None:
+    """train.class_weights and train.focal_gamma, checked with the label counts they will be built from."""
+    from m2fdist.losses import class_weights
+
+    t = cfg.train
+    if t.focal_gamma < 0:
+        raise ConfigError(f"train.focal_gamma must be >= 0, not {t.focal_gamma}")
+    spec = t.class_weights
+    if not isinstance(spec, str | list) or (isinstance(spec, list) and not all(
+            isinstance(w, int | float) and not isinstance(w, bool) for w in spec)):
+        raise ConfigError(f"train.class_weights must be none, inverse, sqrt_inverse or a list of numbers, not {spec!r}")
+    try:
+        class_weights(spec, [1] * cfg.num_classes)
+    except ValueError as e:
+        raise ConfigError(f"train.class_weights: {e}") from None
 
 
 # (key, lowest allowed value, whether the bound itself is allowed): numbers that make no sense are refused

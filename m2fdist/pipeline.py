@@ -1,5 +1,7 @@
 """``m2fdist pipeline``: pack → text → audio → visual → extract → fusion (+ ablations) → report.
 
+With ``modalities: text`` it packs the annotations alone and runs text → report.
+
 Each stage is one deepspeed launch with the configured number of processes. A stage whose output is
 complete (its ``final.json``, an export, a features index) is skipped; an interrupted stage is launched
 again with ``resume=auto`` and continues from its last checkpoint.
@@ -48,6 +50,7 @@ class PipelineConfig:
     fusion: str = "configs/meld/fusion.yaml"
     overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage: extra key=value
     ablations: bool = True
+    modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → report
 
 
 def load(path: Path, overrides: list[str]) -> PipelineConfig:
@@ -64,7 +67,12 @@ def load(path: Path, overrides: list[str]) -> PipelineConfig:
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig):
+        from m2fdist.pack.writer import MODALITIES
+
+        if cfg.modalities not in MODALITIES:
+            raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
         self.cfg = cfg
+        self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
         self.env = dict(os.environ)
         import torch
@@ -95,9 +103,11 @@ class Pipeline:
             from m2fdist.cli import main as cli
 
             cli(["tiny-text", "--shards", c.shards, "--out", str(self.runs / "roberta")])
-        for stage in ("text", "audio", "visual"):
+        for stage in ("text", "audio", "visual") if self.media else ("text",):
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
+        if not self.media:
+            return self.report()
         self.extract()
         self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}"])
         self.export("fusion")
@@ -106,6 +116,9 @@ class Pipeline:
             for name, extra in ABLATIONS.items():
                 self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}", *extra],
                            out=self.runs / f"fusion_{name}")
+        return self.report()
+
+    def report(self) -> Path:
         from m2fdist.report import write_report
 
         report = write_report(self.runs)
@@ -123,7 +136,8 @@ class Pipeline:
         from m2fdist.pack import PackOptions, pack
 
         self.say(f"packing {c.raw} → {c.shards}")
-        pack(c.dataset, Path(c.raw), Path(c.shards), workers=c.pack_workers, options=PackOptions(max_side=c.max_side))
+        pack(c.dataset, Path(c.raw), Path(c.shards), workers=c.pack_workers,
+             options=PackOptions(max_side=c.max_side, modalities=c.modalities))
 
     def train(self, stage: str, config: str, overrides: list[str], out: Path | None = None) -> None:
         out = out or self.runs / stage

@@ -6,7 +6,8 @@ The last step's scores are kept beside them, named as such.
 
 Writes ``RUNS/report.json`` (accuracy, weighted and macro F1, per-class F1 for each split), a
 confusion-matrix PNG per split, and the modality ablation table (T, A, V, T+A+V concatenated,
-T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``.
+T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``. A text-only run (no fusion stage)
+is reported from its text stage; the report names the modalities it covers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ PAPER = {
 }
 ROWS = [("T", "fusion_T"), ("A", "fusion_A"), ("V", "fusion_V"), ("T+A+V concatenated", "fusion_TAV_concat"),
         ("T+A+V fused", "fusion")]
+TEXT_ONLY_ROWS = [("T", "text")]
+MODALITY_NAMES = {"T": "text", "A": "audio", "V": "visual"}
+
+
+def covered(stage: str, cfg: dict[str, Any]) -> str:
+    """The modalities the reported model sees, in words."""
+    if stage == "text":
+        return "text only (the text stage; no audio or visual)"
+    mods = cfg["fusion"]["modalities"]
+    how = "attention fusion" if cfg["fusion"].get("fusion") == "attention" else cfg["fusion"].get("fusion", "")
+    return f"{', '.join(MODALITY_NAMES[m] for m in mods)} ({how})"
 
 
 def confusion_png(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
@@ -63,45 +75,49 @@ def _selection(final: dict[str, Any]) -> dict[str, Any]:
             "last_metrics": final.get("last", {}).get("metrics", {})}
 
 
-def shipped_scores(runs: Path, final: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The fused model's scores per split, computed from the export that ships (``RUNS/model``, else
-    ``RUNS/fusion/export``) on the feature shards it was trained on; the training run's own best-checkpoint
-    scores when there is no export yet."""
+def shipped_scores(runs: Path, stage: str, final: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The reported model's scores per split, computed from the export that ships (``RUNS/model`` or
+    ``RUNS/STAGE/export``) on the shards it was trained on; the training run's own best-checkpoint scores when
+    there is no export yet."""
     from m2fdist.evaluate import evaluate_export
 
-    cfg = json.loads((runs / "fusion" / "config.json").read_text())
-    for model in (runs / "model" / "fusion", runs / "fusion" / "export"):
+    cfg = json.loads((runs / stage / "config.json").read_text())
+    candidates = ([runs / "model" / "fusion"] if stage == "fusion" else []) + [runs / stage / "export"]
+    for model in candidates:
         if (model / "model.safetensors").is_file():
             scores = {split: evaluate_export(model, Path(cfg["data"]["shards"]), split)[0]
                       for split in final["metrics"]}
             return scores, f"the exported model {model}"
-    return final["metrics"], "the fusion run's best checkpoint (not exported yet)"
+    return final["metrics"], f"the {stage} run's best checkpoint (not exported yet)"
 
 
 def write_report(runs: Path) -> Path:
     runs = Path(runs)
-    main = _final(runs / "fusion")
+    stage = "fusion" if (runs / "fusion" / "final.json").is_file() else "text"
+    main = _final(runs / stage)
     if main is None:
-        raise FileNotFoundError(f"{runs / 'fusion' / 'final.json'} not found: run the pipeline (fusion stage) first")
-    cfg = json.loads((runs / "fusion" / "config.json").read_text())
+        raise FileNotFoundError(f"{runs / 'fusion' / 'final.json'} (or, text only, {runs / 'text' / 'final.json'}) "
+                                "not found: run the pipeline first")
+    cfg = json.loads((runs / stage / "config.json").read_text())
+    modalities = covered(stage, cfg)
     dataset = cfg["dataset"]
     from m2fdist.labels import LABELS
 
     names = list(LABELS[dataset])
-    scores, scored = shipped_scores(runs, main)
+    scores, scored = shipped_scores(runs, stage, main)
     splits = {}
     for split, m in scores.items():
         splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count")}
         png = runs / f"confusion_{split}.png"
-        confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: M2FNet (T+A+V fused)")
+        confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: {modalities}")
         splits[split]["confusion_png"] = str(png)
     split = "test" if "test" in scores else next(iter(scores))
     ablation = []
-    for label, folder in ROWS:
+    for label, folder in ROWS if stage == "fusion" else TEXT_ONLY_ROWS:
         final = _final(runs / folder)
         if final is None or split not in final["metrics"]:
             continue
-        m = scores[split] if folder == "fusion" else final["metrics"][split]
+        m = scores[split] if folder == stage else final["metrics"][split]
         sel = _selection(final)
         last = sel["last_metrics"].get(split, {})
         paper = PAPER.get(dataset, {}).get(label)
@@ -111,8 +127,8 @@ def write_report(runs: Path) -> Path:
                          "last_weighted_f1": last.get("weighted_f1"),
                          "paper_accuracy": paper[0] if paper else None,
                          "paper_weighted_f1": paper[1] if paper else None})
-    report = {"dataset": dataset, "scored": scored, "fusion_checkpoint": _selection(main), "splits": splits,
-              "ablation": ablation,
+    report = {"dataset": dataset, "modalities": modalities, "scored": scored, "checkpoint": _selection(main),
+              "splits": splits, "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
                          for s in ("text", "audio", "visual")}}
     out = runs / "report.json"
@@ -126,8 +142,8 @@ def _pct(x: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    sel = report["fusion_checkpoint"]
-    lines = [f"# {report['dataset']}: M2FNet evaluation", "",
+    sel = report["checkpoint"]
+    lines = [f"# {report['dataset']}: M2FNet evaluation", "", f"Modalities: {report['modalities']}.", "",
              f"Scores of {report['scored']}: checkpoint {sel['tag']} (step {sel['step']}), {sel['chosen_by']}, "
              f"dev weighted F1 {_pct(sel['best_dev_weighted_f1'])} when chosen. Every row scores the checkpoint "
              f"chosen on dev; the last step's scores stand beside it.", ""]

@@ -9,6 +9,8 @@ import torch
 
 from m2fdist.losses import (
     adaptive_margin_triplet_loss,
+    class_weights,
+    classification_loss,
     covariance_loss,
     feature_extractor_loss,
     mine_triplets,
@@ -134,3 +136,62 @@ def test_extractor_ce_head_adds_cross_entropy_over_real_samples_only(tmp_path):
     torch.testing.assert_close(with_ce.loss(model, batch), expected)
     # an export rebuilds the heads through build_model, so the state dicts match key for key
     assert set(with_ce.build_model().state_dict()) == set(model.state_dict())
+
+
+MELD_TRAIN_COUNTS = [4710, 1743, 1205, 1109, 683, 271, 268]
+
+
+def test_class_weights_from_label_counts():
+    n = torch.tensor(MELD_TRAIN_COUNTS, dtype=torch.float64)
+    for spec, power in (("inverse", 1.0), ("sqrt_inverse", 0.5)):
+        w = torch.tensor(class_weights(spec, MELD_TRAIN_COUNTS), dtype=torch.float64)
+        assert (w * n).sum() / n.sum() == pytest.approx(1.0)  # a training sample weighs 1 on average
+        assert w[5] / w[0] == pytest.approx((4710 / 271) ** power)  # disgust vs neutral
+    assert class_weights("none", MELD_TRAIN_COUNTS) is None
+    assert class_weights([1, 2, 3], [5, 0, 5]) == [1.0, 2.0, 3.0]
+    assert class_weights("inverse", [5, 0, 5])[1] == 0.0  # absent from training: never a target
+    for bad in ("balanced", [1, 2], [1, 0, 1]):
+        with pytest.raises(ValueError):
+            class_weights(bad, [5, 0, 5])
+
+
+def test_classification_loss_is_cross_entropy_at_gamma_0_and_focal_above():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, -100, 1, 0])
+    w = torch.tensor([0.5, 2.0, 1.0])
+    ref = torch.nn.functional.cross_entropy(logits, labels, weight=w, ignore_index=-100)
+    assert classification_loss(logits, labels, w).item() == pytest.approx(ref.item(), rel=1e-6)
+    # γ = 2 by hand: Σ w_y (1 - p_y)² (-log p_y) / Σ w_y over the labelled rows
+    p = logits.softmax(-1).detach()
+    rows = [0, 1, 2, 4, 5]
+    terms = [w[labels[i]] * (1 - p[i, labels[i]]) ** 2 * -torch.log(p[i, labels[i]]) for i in rows]
+    expected = sum(terms) / sum(w[labels[i]] for i in rows)
+    assert classification_loss(logits, labels, w, focal_gamma=2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the focal term shrinks an easy (confident, right) sample's share more than a hard one's
+    easy, hard = torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    y = torch.tensor([0])
+    ratio = lambda x: (classification_loss(x, y, focal_gamma=2.0) / classification_loss(x, y)).item()  # noqa: E731
+    assert ratio(easy) < 0.001 < ratio(hard) < 1
+    # a batch with no label (all padding) still backpropagates, to zero
+    zero = classification_loss(logits, torch.full((6,), -100))
+    zero.backward()
+    assert zero.item() == 0.0 and logits.grad is not None and not logits.grad.any()
+
+
+def test_stage_loss_weights_come_from_the_shards_index(meld_shards):
+    from m2fdist.config import ConfigError, load_config
+    from m2fdist.stages.text import TextStage
+
+    shards, index = meld_shards
+    counts = [index["splits"]["train"]["labels"][n] for n in index["label_names"]]
+    logits, labels = torch.randn(8, 7), torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
+    for spec in ("sqrt_inverse", [1, 2, 3, 4, 5, 6, 7]):
+        cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"train.class_weights={spec}",
+                                                     "train.focal_gamma=1.5"])
+        got = TextStage(cfg).classification_loss(logits, labels)
+        want = classification_loss(logits, labels, torch.tensor(class_weights(spec, counts)), focal_gamma=1.5)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for bad in ("train.class_weights=balanced", "train.class_weights=[1,2]", "train.focal_gamma=-1"):
+        with pytest.raises(ConfigError, match="class_weights|focal_gamma"):
+            load_config("configs/tiny/text.yaml", [f"data.shards={shards}", bad])

@@ -184,3 +184,30 @@ def test_parts_cover_the_corpus_once(iemocap_raw, iemocap_shards, tmp_path):
         assert [(s["url"], s["samples"]) for s in entry["shards"]] == [(s["url"], s["samples"]) for s in ref["shards"]]
     with pytest.raises(ValueError, match="0 <= i < n"):
         pack("iemocap", root, tmp_path / "x", part="2/2", options=options, progress=False)
+
+
+def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path):
+    from test_readers import csv_only_copy
+
+    from m2fdist.config import ConfigError, load_config
+    from m2fdist.data import LoaderConfig, make_loader
+    from m2fdist.pack import summary
+
+    root, _ = meld_raw
+    tree = csv_only_copy(root, tmp_path / "csv")
+    out = tmp_path / "text"
+    index = pack("meld", tree, out, options=PackOptions(modalities="text"), max_count=SHARD_SIZE, progress=False)
+    corpus = read_meld(tree, media=False)
+    samples = all_samples(out, index)
+    assert [s["__key__"] for s in samples] == [u.key for sp in corpus.splits for u in corpus.utterances(sp)]
+    assert all({k for k in s if not k.startswith("__")} == {"json", "split", "shard"} for s in samples)
+    assert "meld_dev_d0110_u07" in {s["__key__"] for s in samples}  # its clip is missing: not a skip here
+    assert index["options"]["modalities"] == "text" and "text only" in summary(index)
+    assert not any("clip" in s["reason"] for s in index["skipped"])
+    # the text stage's loader reads them; a media stage is refused before launch
+    batch = next(iter(make_loader(out, "train", LoaderConfig(batch_size=3, num_workers=0, members=("json",)))))
+    assert len(batch["text"]) == 3 and "frames" not in batch and "audio" not in batch
+    with pytest.raises(ConfigError, match="text-only samples"):
+        load_config("configs/tiny/audio.yaml", [f"data.shards={out}"])
+    with pytest.raises(ValueError, match="--modalities must be one of"):
+        pack("meld", tree, tmp_path / "x", options=PackOptions(modalities="audio"), progress=False)

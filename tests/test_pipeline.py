@@ -15,6 +15,7 @@ from launching import deepspeed, fusion_args
 from PIL import Image
 
 from m2fdist.cli import main as cli
+from m2fdist.config import ConfigError
 from m2fdist.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig
 from m2fdist.predict import main as predict_main
@@ -85,8 +86,8 @@ def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):
     report = json.loads(path.read_text())
     final = json.loads((pipeline_runs / "fusion" / "final.json").read_text())
     shipped = json.loads((pipeline_runs / "model" / "fusion" / "config.json").read_text())["tag"]
-    assert report["fusion_checkpoint"]["tag"] == shipped == final["best_tag"]
-    assert report["fusion_checkpoint"]["last_step"] == final["step"] == 4
+    assert report["checkpoint"]["tag"] == shipped == final["best_tag"]
+    assert report["checkpoint"]["last_step"] == final["step"] == 4
     # `m2fdist eval` of the exported bundle on the test split gives exactly the report's numbers
     scores = tmp_path / "eval.json"
     for split in ("dev", "test"):
@@ -165,3 +166,17 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     broken = [r for r in rows if r["dialog"] == dialog and r["utt"] == "1"]
     assert len(broken) == 1 and broken[0]["emotion"] is None and broken[0]["skipped"]
     assert [r for r in rows if r["dialog"] == dialog and r["emotion"] is not None]
+
+
+def test_text_only_report(text_run, tmp_path):
+    """A text-only run (m2fdist pipeline with modalities: text) is reported from its text stage and says so."""
+    runs = tmp_path / "runs"
+    shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    report = json.loads(write_report(runs).read_text())
+    final = json.loads((runs / "text" / "final.json").read_text())
+    assert report["modalities"].startswith("text only")
+    assert set(report["splits"]) == set(final["metrics"]) == {"dev", "test"}
+    assert [(r["modalities"], r["run"], r["paper_weighted_f1"]) for r in report["ablation"]] == [("T", "text", 66.23)]
+    assert "Modalities: text only" in (runs / "report.md").read_text()
+    with pytest.raises(ConfigError, match="modalities must be one of"):
+        Pipeline(PipelineConfig(runs=str(runs), modalities="audio"))

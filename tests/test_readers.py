@@ -110,3 +110,69 @@ def test_dev_split_is_seeded():
     a, b = dev_dialogs(names, 0.1, 0), dev_dialogs(list(reversed(names)), 0.1, 0)
     assert a == b and len(a) == 12
     assert dev_dialogs(names, 0.1, 1) != a
+
+
+def csv_only_copy(root, out):
+    """The tree's three CSVs and nothing else: what a user who downloaded only MELD's annotations has."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
+        (out / name).write_bytes((root / name).read_bytes())
+    return out
+
+
+def test_meld_text_only_reads_every_row_without_clips(meld_raw, tmp_path):
+    root, manifest = meld_raw
+    with_media = read_meld(root)
+    text = read_meld(csv_only_copy(root, tmp_path / "csv"), media=False)
+    keys = {u.key for s in text.splits for u in text.utterances(s)}
+    media_keys = {u.key for s in with_media.splits for u in with_media.utterances(s)}
+    # every row with a MELD label is a sample, the one whose clip is missing (dev dia110_utt7) included
+    missing = [s for s in with_media.skipped if s.reason == "clip missing"]
+    assert keys == media_keys | {f"meld_{s.split}_d{int(s.dialog):04d}_u{int(s.utt):02d}" for s in missing}
+    assert "meld_dev_d0110_u07" in keys
+    rows = [m for m in manifest["utterances"] if (m["split"], m["dialog"], m["utt"]) in
+            {(p["split"], p["dialog"], p["utt"]) for p in manifest["planted"] if p["kind"] == "no_row"}]
+    assert len(keys) == len(manifest["utterances"]) - len(rows) - sum(
+        p["kind"] == "bad_label" for p in manifest["planted"])
+    assert all("clip" not in s.reason for s in text.skipped)
+    u = text.utterances("train")[0]
+    assert u.meta()["source"] == "train_sent_emo.csv:2" and u.video == "" and u.audio is None
+
+
+def test_meld_malformed_rows_are_skips_and_empty_csvs_say_so(tmp_path):
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+    good = '1,"Oh, hi’",Ross,joy,positive,0,0,1,1,"00:00:01,000","00:00:02,000"\n'
+    short = "2,hello,Ross,joy,positive,0,1\n"  # too few fields: no times
+    long_ = '3,"a",Ross,joy,positive,0,2,1,1,"00:00:01,000","00:00:02,000",extra\n'
+    late = '4,"multi\nline",Rachel,anger,negative,0,3,1,1,"00:00:03,000","00:00:04,000"\n'
+    (tmp_path / "train_sent_emo.csv").write_bytes((header + good + short + long_ + late).encode("cp1252"))
+    for media in (False, True):
+        if media:
+            (tmp_path / "train_splits").mkdir()
+            for u in (0, 3):
+                (tmp_path / "train_splits" / f"dia0_utt{u}.mp4").write_bytes(b"")
+        corpus = read_meld(tmp_path, splits=("train",), media=media)
+        assert [(u.utt, u.text) for u in corpus.utterances("train")] == [("0", "Oh, hi’"), ("3", "multi\nline")]
+        reasons = sorted(s.reason for s in corpus.skipped)
+        assert reasons == ["malformed CSV row: row has 12 fields, the header 11 (train_sent_emo.csv:4)",
+                           "malformed CSV row: row has 7 fields, the header 11 (train_sent_emo.csv:3)"]
+    (tmp_path / "train_sent_emo.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match="train_sent_emo.csv: the file is empty"):
+        read_meld(tmp_path, splits=("train",))
+    (tmp_path / "train_sent_emo.csv").write_text(header)
+    with pytest.raises(ValueError, match="header is there but no data rows"):
+        read_meld(tmp_path, splits=("train",))
+
+
+def test_iemocap_text_only_needs_no_media(iemocap_raw, tmp_path):
+    root, _ = iemocap_raw
+    bare = tmp_path / "IEMOCAP_full_release"
+    for f in root.glob("Session*/dialog/*/*.txt"):  # EmoEvaluation and transcriptions only
+        (bare / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (bare / f.relative_to(root)).write_bytes(f.read_bytes())
+    full, text = read_iemocap(root), read_iemocap(bare, media=False)
+    assert {u.key for s in text.splits for u in text.utterances(s)} == {
+        u.key for s in full.splits for u in full.utterances(s)}
+    u = text.utterances("train")[0]
+    assert u.audio is None and u.meta()["source"].endswith(f"transcriptions/{u.dialog}.txt")
+    assert {s.reason for s in read_iemocap(bare).skipped} >= {"dialog video missing"}  # with media: all skipped

@@ -63,9 +63,18 @@ def load_index(shards: Path) -> dict[str, Any]:
     return index
 
 
+def packed_modalities(index: dict[str, Any]) -> tuple[str, ...]:
+    """What the samples hold: ("text",) for json-only shards; indexes written before the option hold all three."""
+    return tuple(index["options"].get("modalities", "text,audio,visual").split(","))
+
+
 def summary(index: dict[str, Any]) -> str:
     """A few lines a person reads after packing."""
-    lines = [f"{index['dataset']} shards (max side {index['options']['max_side']} px)"]
+    opts = index["options"]
+    if packed_modalities(index) == ("text",):
+        lines = [f"{index['dataset']} shards (text only)"]
+    else:
+        lines = [f"{index['dataset']} shards (max side {opts['max_side']} px)"]
     for split, e in index["splits"].items():
         mb = sum(s["bytes"] for s in e["shards"]) / 2**20
         labels = ", ".join(f"{k} {v}" for k, v in e["labels"].items())

@@ -36,13 +36,15 @@ class ShardPlan:
         return len({u.dialog for u in self.utterances})
 
 
-def estimate_bytes(u: Utterance, max_side: int, max_seconds: float) -> int:
+def estimate_bytes(u: Utterance, max_side: int, max_seconds: float, media: bool = True) -> int:
+    if not media:
+        return SAMPLE_OVERHEAD
     seconds = min(max(u.duration, 0.5), max_seconds)
     return int(seconds * (video_kbps(max_side) * 125 + WAV_BYTES_PER_S)) + SAMPLE_OVERHEAD
 
 
 def plan_shards(
-    corpus: Corpus, *, max_count: int, max_bytes: int, max_side: int, max_seconds: float
+    corpus: Corpus, *, max_count: int, max_bytes: int, max_side: int, max_seconds: float, media: bool = True
 ) -> list[ShardPlan]:
     """Fill shards dialog by dialog, in split order; a new shard starts when either cap would be passed.
 
@@ -54,7 +56,7 @@ def plan_shards(
     for split, dialogs in corpus.splits.items():
         current = ShardPlan(split, 0)
         for dialog in dialogs:
-            size = sum(estimate_bytes(u, max_side, max_seconds) for u in dialog)
+            size = sum(estimate_bytes(u, max_side, max_seconds, media) for u in dialog)
             full = len(current.utterances) + len(dialog) > max_count or current.est_bytes + size > max_bytes
             if current.utterances and full:
                 plans.append(current)

@@ -3,6 +3,7 @@
 Reruns resume: finished shards (tar + stats) are kept, the rest are redone. ``--part i/n`` packs the
 shards j with j mod n == i, so n machines writing into one shared folder cover the corpus once; the
 run that finds every shard finished writes ``index.json`` (``--index-only`` rebuilds it at any time).
+With ``--modalities text`` only the annotations are read and each sample is its json alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from m2fdist import atomic
 from m2fdist.pack.index import INDEX_NAME, build_index
 from m2fdist.pack.plan import ShardPlan, fingerprint, parse_part, plan_shards, select_part
-from m2fdist.pack.writer import PackOptions, is_finished, write_shard
+from m2fdist.pack.writer import MODALITIES, PackOptions, is_finished, write_shard
 from m2fdist.raw import read_corpus
 
 PLAN_NAME = "pack.json"
@@ -73,12 +74,14 @@ def pack(
         raise ValueError("--max-side must be >= 16 and --max-seconds > 0")
     if workers < 1:
         raise ValueError("--workers must be >= 1")
+    if options.modalities not in MODALITIES:
+        raise ValueError(f"--modalities must be one of {', '.join(MODALITIES)}, not {options.modalities!r}")
     part_i, part_n = parse_part(part)
     root, out = Path(root).resolve(), Path(out)
-    corpus = read_corpus(dataset, root, context=context, **(reader_options or {}))
+    corpus = read_corpus(dataset, root, context=context, media=options.media, **(reader_options or {}))
     plans = plan_shards(
         corpus, max_count=max_count, max_bytes=int(max_mb * 2**20),
-        max_side=options.max_side, max_seconds=options.max_seconds,
+        max_side=options.max_side, max_seconds=options.max_seconds, media=options.media,
     )
     settings = {"dataset": dataset, "context": context, "max_count": max_count, "max_mb": max_mb,
                 **options.to_json(), **(reader_options or {})}

@@ -23,15 +23,24 @@ from m2fdist.media import Encoded, MediaError, encode_utterance
 from m2fdist.pack.plan import ShardPlan
 from m2fdist.raw.base import Skip, Utterance
 
+MODALITIES = ("text,audio,visual", "text")
+
 
 @dataclass(frozen=True)
 class PackOptions:
     max_side: int = 320
     max_seconds: float = 60.0
     long_clips: str = "trim"  # or "skip"
+    # "text": json-only samples from the annotations alone; no clip is needed, probed or decoded.
+    modalities: str = "text,audio,visual"
+
+    @property
+    def media(self) -> bool:
+        return self.modalities != "text"
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_side": self.max_side, "max_seconds": self.max_seconds, "long_clips": self.long_clips}
+        return {"max_side": self.max_side, "max_seconds": self.max_seconds, "long_clips": self.long_clips,
+                "modalities": self.modalities}
 
 
 def stats_path(out: Path, name: str) -> Path:
@@ -55,23 +64,27 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def _sample_json(u: Utterance, root: Path, enc: Encoded) -> dict[str, Any]:
+def _sample_json(u: Utterance, root: Path, enc: Encoded | None) -> dict[str, Any]:
+    """The sample's json; ``enc`` None for a text-only sample."""
     meta = u.meta()
     src = meta["source"]
     meta["source"] = (
         {k: _relative(v, root) for k, v in src.items()} if isinstance(src, dict) else _relative(src, root)
     )
     meta["key"] = u.key
-    meta["trimmed"] = enc.trimmed
-    if enc.source_duration is not None:
-        meta["source_duration"] = round(enc.source_duration, 3)
+    if enc is not None:
+        meta["trimmed"] = enc.trimmed
+        if enc.source_duration is not None:
+            meta["source_duration"] = round(enc.source_duration, 3)
     return meta
 
 
-def _too_long(duration: float | None, max_seconds: float) -> str:
-    if duration is None:
-        return f"clip runs past --max-seconds {max_seconds:g} (its container declares no duration)"
-    return f"clip is {duration:.1f}s long, past --max-seconds {max_seconds:g}"
+def _count(u: Utterance, keys: list[str], labels: Counter[str], dialogs: list[str]) -> None:
+    """Record a written sample in the shard's stats."""
+    keys.append(u.key)
+    labels[u.label] += 1
+    if not dialogs or dialogs[-1] != u.dialog:
+        dialogs.append(u.dialog)
 
 
 def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
@@ -90,7 +103,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
     """Encode every utterance of ``plan`` and write ``out/{name}.tar``; return (and save) its stats.
 
     Media failures (corrupt clip, no audio, clip past ``max_seconds`` under ``long_clips=skip``) become
-    skips in the stats; the rest of the shard is still written.
+    skips in the stats; the rest of the shard is still written. Text-only options write the json alone.
     """
     t0 = time.time()
     tar_path = out / f"{plan.name}.tar"
@@ -104,6 +117,13 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
         tar = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
         mp4, wav = Path(work) / "clip.mp4", Path(work) / "clip.wav"
         for u in plan.utterances:
+            if not options.media:
+                meta = _sample_json(u, root, None)
+                _add_sample(tar, u.key, {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
+                _count(u, keys, labels, dialogs)
+                if tick:
+                    tick(1)
+                continue
             try:
                 enc = encode_utterance(
                     Path(u.video), mp4, wav, max_side=options.max_side, max_seconds=options.max_seconds,
@@ -126,10 +146,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
                 "mp4": mp4.read_bytes(),
                 "wav": wav.read_bytes(),
             })
-            keys.append(u.key)
-            labels[u.label] += 1
-            if not dialogs or dialogs[-1] != u.dialog:
-                dialogs.append(u.dialog)
+            _count(u, keys, labels, dialogs)
             if tick:
                 tick(1)
         tar.close()

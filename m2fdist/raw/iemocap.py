@@ -3,6 +3,7 @@
 Labels and time spans come from ``dialog/EmoEvaluation``, text from ``dialog/transcriptions``, audio
 from ``sentences/wav`` and video from the dialog's avi, out of which the packer cuts each turn's span.
 Sessions 1–4 train, with a seeded fraction of their dialogs held out as dev; session 5 is test.
+Without media (``media=False``, text-only packing) the wav and avi files are neither needed nor probed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def dev_dialogs(train_dialogs: list[str], fraction: float, seed: int) -> set[str
 
 
 def read_iemocap(
-    root: Path, context: int = 8, dev_fraction: float = 0.1, dev_seed: int = 0, test_session: int = 5
+    root: Path, context: int = 8, dev_fraction: float = 0.1, dev_seed: int = 0, test_session: int = 5,
+    media: bool = True,
 ) -> Corpus:
     root = Path(root)
     if not root.is_dir():
@@ -72,7 +74,7 @@ def read_iemocap(
             continue
         for eval_file in sorted(eval_dir.glob("*.txt")):
             dialog = eval_file.stem
-            per_dialog[dialog] = (number, _read_dialog(session, dialog, eval_file, skipped))
+            per_dialog[dialog] = (number, _read_dialog(session, dialog, eval_file, skipped, media))
     train_names = [d for d, (s, _) in per_dialog.items() if s != test_session]
     dev = dev_dialogs(train_names, dev_fraction, dev_seed)
     splits: dict[str, list[list[Utterance]]] = {"train": [], "dev": [], "test": []}
@@ -93,7 +95,8 @@ def read_iemocap(
     return Corpus("iemocap", {k: v for k, v in splits.items() if v}, skipped)
 
 
-def _read_dialog(session: Path, dialog: str, eval_file: Path, skipped: list[Skip]) -> list[Utterance]:
+def _read_dialog(session: Path, dialog: str, eval_file: Path, skipped: list[Skip],
+                 media: bool = True) -> list[Utterance]:
     turns = parse_evaluation(eval_file)
     trans_file = session / "dialog" / "transcriptions" / f"{dialog}.txt"
     texts = parse_transcription(trans_file) if trans_file.is_file() else {}
@@ -105,20 +108,23 @@ def _read_dialog(session: Path, dialog: str, eval_file: Path, skipped: list[Skip
         lid = label_id("iemocap", label)
         if lid is None:
             skip.reason = f"label {label!r} is not one of the six ERC labels"
-        elif not avi.is_file():
+        elif media and not avi.is_file():
             skip.reason, skip.source = "dialog video missing", str(avi)
-        elif not wav.is_file():
+        elif media and not wav.is_file():
             skip.reason = "sentence wav missing"
         elif turn not in texts:
             skip.reason, skip.source = "no transcription line", str(trans_file)
-        elif end <= start:
+        elif media and end <= start:  # the span only matters for cutting media
             skip.reason = f"empty time span [{start} - {end}]"
         if skip.reason:
             skipped.append(skip)
             continue
+        extra: dict = {"session": int(session.name[7:])}
+        if not media:  # text only: the sample's source is its transcription file
+            extra["source"] = str(trans_file)
         utts.append(Utterance(
             dataset="iemocap", split="", dialog=dialog, utt=turn, speaker=speaker_of(turn), text=texts[turn],
-            label=label, label_id=lid, start=start, end=end, video=str(avi), key="", audio=str(wav),
-            cut_start=start, cut_end=end, extra={"session": int(session.name[7:])},
+            label=label, label_id=lid, start=start, end=end, video=str(avi) if media else "", key="",
+            audio=str(wav) if media else None, cut_start=start, cut_end=end, extra=extra,
         ))
     return utts

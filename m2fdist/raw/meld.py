@@ -3,7 +3,8 @@
 MELD's CSVs are cp1252, not UTF-8 (0x92 is ’, 0x85 is …), and its clip folders hold files that do not
 match the CSVs: twins named ``final_videos_test*``, clips without a row, rows without a clip. The
 reader pairs rows with clips and records every mismatch; corrupt and wrongly cut clips are found
-later, when the packer decodes them.
+later, when the packer decodes them. Without media (``media=False``, ``m2fdist pack --modalities text``) only
+the CSVs are read: no clip folder is needed or looked at, and every well-formed row becomes an utterance.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def _find(root: Path, name: str, want_dir: bool) -> Path | None:
 
 
 def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", "dev", "test"),
-              require_labels: bool = True) -> Corpus:
+              require_labels: bool = True, media: bool = True) -> Corpus:
     """Pair every CSV row of each split with its clip; record what cannot be paired.
 
     ``require_labels=False`` reads trees for prediction: the Emotion column may be missing or empty, and
-    such rows are kept with label "" and label_id -1.
+    such rows are kept with label "" and label_id -1. ``media=False`` reads the CSVs alone (text-only
+    packing): clips are neither needed nor probed, and a row's source is its CSV line.
     """
     root = Path(root)
     if not root.is_dir():
@@ -73,8 +75,8 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
         csv_path = _find(root, CSV_NAMES[split], want_dir=False)
         if csv_path is None:
             continue
-        clip_dir = _find(root, CLIP_DIRS[split], want_dir=True)
-        if clip_dir is None:
+        clip_dir = _find(root, CLIP_DIRS[split], want_dir=True) if media else None
+        if media and clip_dir is None:
             raise FileNotFoundError(
                 f"found {csv_path} but no {CLIP_DIRS[split]}/ folder under {root}: unpack the {split} clips"
             )
@@ -87,26 +89,60 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
     return Corpus("meld", result, skipped)
 
 
-def _read_split(split: str, csv_path: Path, clip_dir: Path,
-                require_labels: bool = True) -> tuple[list[list[Utterance]], list[Skip]]:
+def read_rows(csv_path: Path, require_labels: bool = True) -> tuple[int, list[tuple[int, dict[str, str | None]]]]:
+    """The header's width and (line number, row) for each data row; an empty file is an error.
+
+    Line numbers are the file's own (a quoted field may span lines), so a skip points at the right place.
+    """
     text = decode_csv_bytes(csv_path.read_bytes())
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise ValueError(f"{csv_path}: the file is empty (no header row); is this a MELD CSV?")
     needed = COLUMNS if require_labels else tuple(c for c in COLUMNS if c != "Emotion")
-    if rows and (missing := [c for c in needed if c not in rows[0]]):
+    if missing := [c for c in needed if c not in reader.fieldnames]:
         raise ValueError(f"{csv_path}: missing columns {missing}; is this a MELD CSV?")
+    rows = []
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        rows.append((line, row))
+    if not rows:
+        raise ValueError(f"{csv_path}: the header is there but no data rows follow")
+    return len(reader.fieldnames), rows
+
+
+def _row_problem(row: dict[str, str | None], columns: int) -> str | None:
+    """Why a row cannot be read field by field: csv fills missing fields with None, extras go under None."""
+    if None in row:
+        return f"row has {columns + len(row[None])} fields, the header {columns}"
+    if (given := sum(v is not None for v in row.values())) < columns:
+        return f"row has {given} fields, the header {columns}"
+    return None
+
+
+def _read_split(split: str, csv_path: Path, clip_dir: Path | None,
+                require_labels: bool = True) -> tuple[list[list[Utterance]], list[Skip]]:
+    """The utterances of one split's CSV; ``clip_dir`` None reads the text alone (no clips paired)."""
+    columns, rows = read_rows(csv_path, require_labels)
     skips: list[Skip] = []
     by_dialog: dict[int, dict[int, Utterance]] = {}
     claimed: set[str] = set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         where = f"{csv_path.name}:{line}"
+        if problem := _row_problem(row, columns):
+            skips.append(Skip("meld", split, f"malformed CSV row: {problem} ({where})", source=str(csv_path)))
+            continue
         try:
             d, u = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
         except (TypeError, ValueError):
             skips.append(Skip("meld", split, f"bad Dialogue_ID/Utterance_ID in row {where}", source=str(csv_path)))
             continue
         name = f"dia{d}_utt{u}.mp4"
-        clip = clip_dir / name
-        skip = Skip("meld", split, "", dialog=str(d), utt=str(u), source=str(clip))
+        clip = clip_dir / name if clip_dir is not None else None
+        skip = Skip("meld", split, "", dialog=str(d), utt=str(u), source=str(clip or where))
         emotion = (row.get("Emotion") or "").strip().lower()
         lid = label_id("meld", emotion)
         if lid is None and not require_labels:
@@ -115,24 +151,38 @@ def _read_split(split: str, csv_path: Path, clip_dir: Path,
             skip.reason = f"label {emotion!r} is not one of the seven MELD emotions ({where})"
         elif d in by_dialog and u in by_dialog[d]:
             skip.reason = f"duplicate CSV row for dia{d}_utt{u} ({where})"
-        elif not clip.is_file():
+        elif clip is not None and not clip.is_file():
             skip.reason = "clip missing"
         else:
             try:
                 start, end = parse_time(row["StartTime"]), parse_time(row["EndTime"])
             except ValueError as e:
-                skip.reason = f"{e} ({where})"
+                if clip is None:  # text only: times are metadata nobody reads, not a reason to drop the row
+                    start = end = 0.0
+                else:
+                    skip.reason = f"{e} ({where})"
         claimed.add(name)
         if skip.reason:
             skips.append(skip)
             continue
         extra = {k: row.get(c) for k, c in (("sentiment", "Sentiment"), ("season", "Season"), ("episode", "Episode"))}
+        if clip is None:  # text only: the sample's source is its CSV line
+            extra["source"] = where
         by_dialog.setdefault(d, {})[u] = Utterance(
             dataset="meld", split=split, dialog=str(d), utt=str(u), speaker=row["Speaker"] or "",
             text=row["Utterance"] or "", label=emotion, label_id=lid, start=start, end=end,
-            video=str(clip), key=make_key("meld", split, f"d{d:04d}", f"u{u:02d}"),
+            video=str(clip or ""), key=make_key("meld", split, f"d{d:04d}", f"u{u:02d}"),
             extra={k: v for k, v in extra.items() if v is not None},
         )
+    dialogs = [[by_dialog[d][u] for u in sorted(by_dialog[d])] for d in sorted(by_dialog)]
+    if clip_dir is not None:
+        skips += _unpaired_clips(split, clip_dir, claimed)
+    return dialogs, skips
+
+
+def _unpaired_clips(split: str, clip_dir: Path, claimed: set[str]) -> list[Skip]:
+    """Files of the clip folder that no CSV row claimed, each with why."""
+    skips = []
     for path in sorted(clip_dir.iterdir()):
         if path.name in claimed or path.is_dir():
             continue
@@ -145,5 +195,4 @@ def _read_split(split: str, csv_path: Path, clip_dir: Path,
             reason = "not a MELD clip name"
         skips.append(Skip("meld", split, reason, dialog=m.group(1) if m else None,
                           utt=m.group(2) if m else None, source=str(path)))
-    dialogs = [[by_dialog[d][u] for u in sorted(by_dialog[d])] for d in sorted(by_dialog)]
-    return dialogs, skips
+    return skips

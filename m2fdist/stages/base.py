@@ -16,7 +16,10 @@ from torch import Tensor, nn
 
 from m2fdist.config import RunConfig
 from m2fdist.data import LoaderConfig, make_loader
+from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.labels import LABELS
+from m2fdist.losses import class_weights, classification_loss
+from m2fdist.pack.index import load_index
 
 NO_DECAY = ("bias", "norm", "LayerNorm", "layer_norm", "bn")
 
@@ -71,6 +74,22 @@ class Stage:
     # -- steps ---------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError
+
+    def classification_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Classifier stages' loss: cross-entropy with train.class_weights and train.focal_gamma.
+
+        Frequency weights come from the training split's label counts in the shards' index.json, read once.
+        """
+        if not hasattr(self, "_class_weight"):
+            t = self.cfg.train
+            counts = []
+            if isinstance(t.class_weights, str) and t.class_weights != "none":
+                found = load_index(Path(self.cfg.data.shards))["splits"][self.cfg.data.train_split]["labels"]
+                counts = [found.get(n, 0) for n in self.names]
+            weights = class_weights(t.class_weights, counts or [1] * len(self.names))
+            self._class_weight = torch.tensor(weights, dtype=torch.float32) if weights else None
+        weight = self._class_weight.to(logits.device) if self._class_weight is not None else None
+        return classification_loss(logits, labels, weight, self.cfg.train.focal_gamma, IGNORE_INDEX)
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(labels, outputs, keys) of the batch's valid rows: predictions, or embeddings for k-NN."""

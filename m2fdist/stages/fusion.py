@@ -8,11 +8,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2fdist.config import ConfigError
-from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.data.features import feature_moments
 from m2fdist.models.dialog import M2FNetDialog
 from m2fdist.stages.base import Stage, to_device
@@ -49,7 +47,7 @@ class FusionStage(Stage):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         logits = self._logits(model, batch).float()
         labels = to_device(batch["labels"], model)
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return self.classification_loss(logits.flatten(0, 1), labels.flatten())
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         probs = self._logits(model, batch).float().softmax(-1).cpu().numpy()

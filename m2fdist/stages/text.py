@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2fdist.data import LoaderConfig
@@ -45,7 +44,7 @@ class TextStage(Stage):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         logits = self._logits(model, batch)
-        return F.cross_entropy(logits.float(), to_device(batch["labels"], model))
+        return self.classification_loss(logits, to_device(batch["labels"], model))
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         probs = self._logits(model, batch).float().softmax(-1).cpu().numpy()
