@@ -2,7 +2,10 @@
 
 Shards may come from anyone, so nothing here calls pickle or torch.load: ``.json`` goes through
 ``json.loads``, ``.mp4`` through decord, ``.wav`` through the stdlib ``wave`` module. Any other member
-(``.pyd``, ``.pth``, ...) is never decoded; it is dropped with a warning naming the extension.
+(``.pyd``, ``.pth``, ...) is never decoded; it is dropped with a warning naming the extension. What a
+sample may cost is bounded (:class:`~m2fdist.data.source.ReadPolicy`): a clip's frames × resolution and a
+WAV's length are checked from their headers before the bulk of the decoding, and ``label_id`` must be an
+integer label of the dataset.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch  # noqa: F401  (torch must load before decord: decord2 preloads CUDA libs that break CPU convs)
 
+from m2fdist.data.source import ReadPolicy
 from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
 
 NUM_FRAMES = 15
@@ -28,11 +33,13 @@ class ShardDecodeError(RuntimeError):
 
 
 def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
+                  size: tuple[int, int] | None = None, max_mpixels: float | None = None) -> np.ndarray:
     """``num_frames`` frames spread uniformly over the clip, as uint8 [T, H, W, 3].
 
     Clips shorter than ``num_frames`` repeat frames, so every sample has the same T. ``size`` is
-    (width, height) for decord to resize to; None keeps the clip's own size.
+    (width, height) for decord to resize to; None keeps the clip's own size. ``max_mpixels`` caps the
+    clip's frame count × its decoded resolution (millions), checked on the first frame before the rest
+    (sampling frames across a clip decodes about all of them).
     """
     import decord
 
@@ -44,6 +51,11 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
         if n == 0:
             raise MediaError("video has no frames")
         idx = np.linspace(0, n - 1, num_frames).round().astype(int)
+        if max_mpixels is not None:
+            _, h, w, _ = reader.get_batch([0]).shape
+            if n * h * w > max_mpixels * 1e6:
+                raise MediaError(f"clip is {n} frames of {w}x{h} ({n * h * w / 1e6:.0f} Mpx), past "
+                                 f"data.max_clip_mpixels={max_mpixels:g}")
         frames = reader.get_batch(idx.tolist()).asnumpy()
     except decord.DECORDError as e:
         raise MediaError(f"decord could not read the video: {str(e).splitlines()[0][:200]}") from e
@@ -61,12 +73,34 @@ def load_json_member(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
+def wav_seconds(data: bytes) -> float:
+    """A WAV member's length from its header (nothing decoded)."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            return w.getnframes() / max(1, w.getframerate())
+    except (wave.Error, EOFError) as e:
+        raise MediaError(f"not a PCM WAV file: {e}") from e
+
+
+def check_label(meta: dict[str, Any], num_labels: int | None, where: str) -> None:
+    """``label_id`` is an integer label of the dataset (bools and floats are not)."""
+    label = meta.get("label_id")
+    if label is None and "label_id" not in meta:
+        raise ShardDecodeError(f"{where}: .json member is not an m2fdist sample (no label_id)")
+    if not isinstance(label, int) or isinstance(label, bool) or label < 0 or \
+            (num_labels is not None and label >= num_labels):
+        span = f"0..{num_labels - 1}" if num_labels else "an integer >= 0"
+        raise ShardDecodeError(f"{where}: label_id {label!r} is not a label of this dataset ({span})")
+
+
 def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES, frame_size: tuple[int, int] | None = None,
-                  members: tuple[str, ...] = ("json", "mp4", "wav")) -> dict[str, Any]:
+                  members: tuple[str, ...] = ("json", "mp4", "wav"), num_labels: int | None = None,
+                  policy: ReadPolicy | None = None) -> dict[str, Any]:
     """Raw WebDataset sample (``__key__``, ``__url__``, member bytes) → meta, frames and waveform.
 
     Only ``members`` are decoded (json always): the text stage never pays for video decoding.
     """
+    policy = policy or ReadPolicy()
     key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
     where = f"{url}:{key}"
     for ext in raw:
@@ -78,13 +112,18 @@ def decode_sample(raw: dict[str, Any], num_frames: int = NUM_FRAMES, frame_size:
     if missing:
         raise ShardDecodeError(f"{where}: sample lacks .{', .'.join(sorted(missing))}")
     meta = load_json_member(raw, where)
-    if "label_id" not in meta:
-        raise ShardDecodeError(f"{where}: .json member is not an m2fdist sample (no label_id)")
+    check_label(meta, num_labels, where)
+    if not isinstance(meta.get("text", ""), str):
+        raise ShardDecodeError(f"{where}: .json member's text is not a string")
     out: dict[str, Any] = {"key": key, "meta": meta}
     try:
         if "mp4" in members:
-            out["frames"] = sample_frames(raw["mp4"], num_frames, frame_size)
+            out["frames"] = sample_frames(raw["mp4"], num_frames, frame_size, policy.max_clip_mpixels)
         if "wav" in members:
+            seconds = wav_seconds(raw["wav"])
+            if seconds > policy.max_audio_seconds:
+                raise MediaError(f".wav is {seconds:.1f} s long, past data.max_audio_seconds="
+                                 f"{policy.max_audio_seconds:g}")
             out["audio"], rate = read_wav(raw["wav"])
             if rate != SAMPLE_RATE:
                 raise MediaError(f".wav is {rate} Hz, shards hold {SAMPLE_RATE} Hz")
