@@ -51,15 +51,53 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
         if n == 0:
             raise MediaError("video has no frames")
         idx = np.linspace(0, n - 1, num_frames).round().astype(int)
-        if max_mpixels is not None:
-            _, h, w, _ = reader.get_batch([0]).shape
-            if n * h * w > max_mpixels * 1e6:
-                raise MediaError(f"clip is {n} frames of {w}x{h} ({n * h * w / 1e6:.0f} Mpx), past "
-                                 f"data.max_clip_mpixels={max_mpixels:g}")
+        if max_mpixels is not None:  # the container's declared size before decoding, the real one after
+            _check_clip(n, mp4_size(video) if isinstance(video, bytes) else None, max_mpixels)
         frames = reader.get_batch(idx.tolist()).asnumpy()
+        if max_mpixels is not None and size is None:
+            _check_clip(n, (frames.shape[2], frames.shape[1]), max_mpixels)
     except decord.DECORDError as e:
         raise MediaError(f"decord could not read the video: {str(e).splitlines()[0][:200]}") from e
     return frames
+
+
+def _check_clip(n: int, size: tuple[int, int] | None, max_mpixels: float) -> None:
+    if size is not None and n * size[0] * size[1] > max_mpixels * 1e6:
+        raise MediaError(f"clip is {n} frames of {size[0]}x{size[1]} ({n * size[0] * size[1] / 1e6:.0f} Mpx), "
+                         f"past data.max_clip_mpixels={max_mpixels:g}")
+
+
+def mp4_size(data: bytes) -> tuple[int, int] | None:
+    """The largest track size (width, height) an mp4 declares in its ``tkhd`` boxes, without decoding;
+    None when the boxes cannot be walked. Used to refuse a huge clip before decord decodes it."""
+    def boxes(start: int, end: int):
+        while start + 8 <= end:
+            size = int.from_bytes(data[start:start + 4], "big")
+            kind = data[start + 4:start + 8]
+            head = 8
+            if size == 1 and start + 16 <= end:
+                size, head = int.from_bytes(data[start + 8:start + 16], "big"), 16
+            elif size == 0:
+                size = end - start
+            if size < head or start + size > end:
+                return
+            yield kind, start + head, start + size
+            start += size
+
+    best = None
+    for kind, body, end in boxes(0, len(data)):
+        if kind != b"moov":
+            continue
+        for trak, tbody, tend in boxes(body, end):
+            if trak != b"trak":
+                continue
+            for tkhd, _, hend in boxes(tbody, tend):
+                if tkhd == b"tkhd" and hend - 8 >= tbody:
+                    w = int.from_bytes(data[hend - 8:hend - 4], "big") >> 16
+                    h = int.from_bytes(data[hend - 4:hend], "big") >> 16
+                    if best is None or w * h > best[0] * best[1]:
+                        best = (w, h)
+    return best
 
 
 def load_json_member(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -170,6 +170,12 @@ def make_loader(shards: str | Path | ShardSource, split: str, config: LoaderConf
     if config.num_workers:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["torch", "m2fdist.data.loader"])
-    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+    # collate_fn: batches are collated in the workers already; the default (default_convert) would walk
+    # every batch's metadata again for nothing.
+    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers, collate_fn=_as_is,
                       persistent_workers=False, prefetch_factor=2 if config.num_workers else None,
                       generator=torch.Generator().manual_seed(config.seed), multiprocessing_context=context)
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch

@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -209,9 +210,11 @@ class _CommandStream:
 
     def __init__(self, argv: list[str], url: str):
         self.argv, self.url = argv, url
+        self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty CLI cannot block on it
         try:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr)  # noqa: S603
         except OSError as e:
+            self.stderr.close()
             raise ShardError(f"{url}: cannot run {argv[0]} ({e.strerror}); set data.{url[:2]}_command") from e
 
     def read(self, n: int = -1) -> bytes:
@@ -225,7 +228,9 @@ class _CommandStream:
         if not finished:
             self.proc.kill()
         self.proc.stdout.close()
-        err = self.proc.stderr.read().decode("utf-8", "replace").strip()
         code = self.proc.wait()
+        self.stderr.seek(0)
+        err = self.stderr.read().decode("utf-8", "replace").strip()
+        self.stderr.close()
         if finished and code != 0:
             raise ShardError(f"{self.url}: {shlex.join(self.argv)} exited with {code}: {err[-300:]}")

@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from m2fdist.data.source import ShardError, ShardSource
@@ -98,8 +99,14 @@ def shard_samples(source: ShardSource, name: str) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def read_samples(source: ShardSource, names: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples of the named shards, in order."""
+def read_samples(source: ShardSource | Iterable[str | Path],
+                 names: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples of the named shards of ``source``, in order; or, without ``names``, of local tar files
+    (paths the calling code chose, never names from an index)."""
+    if names is None:
+        for path in source:
+            yield from shard_samples(ShardSource(Path(path).parent), Path(path).name)
+        return
     for name in names:
         yield from shard_samples(source, name)
 

@@ -1,0 +1,134 @@
+"""Loader benchmark: the loader's rate per worker against the decode floor, and shards over HTTP vs disk.
+
+- decode floor: the pure decode of each packed utterance in one process (one core): its 15 frames with
+  decord and its WAV, from bytes already in memory; no tar reading, no checks, no batching, no IPC.
+- loader: ``make_loader`` over the same split (evaluation order, batch 8), with 0 workers (in-process) and
+  with 1, 2 worker processes; "per worker" divides by the processes that decode. On a shared machine wall
+  rates are noisy, so the CPU time the decoding processes spent per utterance is reported too (the
+  workers' from /proc) and compared with the floor's. Loader figures are steady state: timing starts at
+  the first batch, so worker start-up is left out.
+- HTTP: the same loader over a local HTTP server (``http.server`` on 127.0.0.1, in a thread of this
+  process) serving the shards folder, against the folder read from disk.
+
+Prints a markdown table. Build shards first (``m2fdist synth`` + ``m2fdist pack``):
+
+    .venv/bin/python bench/loader_bench.py --shards SHARDS [--split train] [--workers 0,1,2] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from m2fdist.data import LoaderConfig, make_loader, sample_frames
+from m2fdist.data.source import ShardSource
+from m2fdist.data.stream import read_samples
+from m2fdist.media import read_wav
+from m2fdist.pack.index import load_index
+
+
+def decode_floor(shards: Path, split: str, repeat: int) -> tuple[float, float, int]:
+    """Pure decoding (frames + WAV) on one core: best utt/s (wall) and best CPU ms per utterance."""
+    torch.set_num_threads(1)
+    source = ShardSource(shards)
+    names = [s["url"] for s in load_index(source)["splits"][split]["shards"]]
+    samples = [(s["mp4"], s["wav"]) for s in read_samples(source, names)]
+    rate, cpu = 0.0, float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for mp4, wav in samples:
+            sample_frames(mp4, 15)
+            read_wav(wav)
+        rate = max(rate, len(samples) / (time.perf_counter() - t0))
+        cpu = min(cpu, (time.process_time() - c0) * 1000 / len(samples))
+    return rate, cpu, len(samples)
+
+
+def _cpu_seconds(pid: int, last: float) -> float:
+    """utime + stime of a live process; ``last`` once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return last
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loader_rate(shards: str, split: str, workers: int, repeat: int) -> tuple[float, float]:
+    """make_loader (evaluation order, batch 8): best valid utt/s (wall) and best CPU ms per utterance spent
+    by the processes that decode (the workers; the main process when there are none)."""
+    rate, cpu = 0.0, float("inf")
+    for _ in range(repeat):
+        loader = make_loader(shards, split, LoaderConfig(batch_size=8, num_workers=workers, train=False),
+                             rank=0, world_size=1)
+        it = iter(loader)
+        pids = [w.pid for w in getattr(it, "_workers", [])]  # a private attribute: fine for a benchmark
+        next(it)  # steady state: worker start-up and the first batch are not counted
+        t0, c0 = time.perf_counter(), time.process_time()
+        start = {p: _cpu_seconds(p, 0.0) for p in pids}
+        seen = dict(start)
+        n = 0
+        for batch in it:
+            n += int(batch["valid"].sum())
+            seen = {p: _cpu_seconds(p, t) for p, t in seen.items()}
+        used = sum(seen[p] - start[p] for p in pids) if pids else time.process_time() - c0
+        rate = max(rate, n / (time.perf_counter() - t0))
+        cpu = min(cpu, used * 1000 / n)
+    return rate, cpu
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's name)
+        pass
+
+
+def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shards", type=Path, required=True, help="a packed shards folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--workers", default="0,1,2")
+    p.add_argument("--repeat", type=int, default=2, help="runs per cell; the best is reported")
+    args = p.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    index = load_index(args.shards)
+    print(f"{cpu_name()}; {args.shards} split {args.split}, --max-side {index['options']['max_side']}\n")
+    floor, floor_cpu, n = decode_floor(args.shards, args.split, args.repeat)
+    print("| reader | loader workers | utt/s | utt/s per decoding process | CPU ms/utt in decoding processes "
+          "| CPU vs floor |")
+    print("|---|---|---|---|---|---|")
+    print(f"| decode floor ({n} utt, one core) | - | {floor:.1f} | {floor:.1f} | {floor_cpu:.2f} | 1.00× |")
+    server, url = serve(args.shards)
+    try:
+        for name, location in (("disk", str(args.shards)), ("HTTP 127.0.0.1", url)):
+            for w in workers:
+                r, cpu = loader_rate(location, args.split, w, args.repeat)
+                print(f"| loader, {name} | {w} | {r:.1f} | {r / max(1, w):.1f} | {cpu:.2f} | {cpu / floor_cpu:.2f}× |")
+    finally:
+        server.shutdown()
+    print(f"\nbest of {args.repeat} runs per row")
+
+
+if __name__ == "__main__":
+    main()
