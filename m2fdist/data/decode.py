@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch  # noqa: F401  (torch must load before decord: decord2 preloads CUDA libs that break CPU convs)
+from torch.utils.dlpack import from_dlpack
 
 from m2fdist.data.source import ReadPolicy
 from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
@@ -53,7 +54,8 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
         idx = np.linspace(0, n - 1, num_frames).round().astype(int)
         if max_mpixels is not None:  # the container's declared size before decoding, the real one after
             _check_clip(n, mp4_size(video) if isinstance(video, bytes) else None, max_mpixels)
-        frames = reader.get_batch(idx.tolist()).asnumpy()
+        # through DLPack: a view of decord's buffer, not asnumpy()'s copy (20% of a 320 px clip's decode time)
+        frames = from_dlpack(reader.get_batch(idx.tolist()).to_dlpack()).numpy()
         if max_mpixels is not None and size is None:
             _check_clip(n, (frames.shape[2], frames.shape[1]), max_mpixels)
     except decord.DECORDError as e:
