@@ -52,35 +52,40 @@ def decode_floor(shards: Path, split: str, repeat: int) -> tuple[float, float, i
 
 
 def _cpu_seconds(pid: int, last: float) -> float:
-    """utime + stime of a live process; ``last`` once it has exited."""
+    """utime + stime of a live process and of its reaped children (ffmpeg); ``last`` once it has exited."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return last
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(loader, count) -> tuple[float, float]:
+    """Steady-state wall rate (units/s) and CPU ms per unit of the processes that decode (the workers;
+    the main process when there are none). Timing starts at the first batch, so worker start-up and the
+    first batch are left out."""
+    it = iter(loader)
+    pids = [w.pid for w in getattr(it, "_workers", [])]  # a private attribute: fine for a benchmark
+    next(it)
+    t0, c0 = time.perf_counter(), time.process_time()
+    start = {p: _cpu_seconds(p, 0.0) for p in pids}
+    seen = dict(start)
+    n = 0
+    for batch in it:
+        n += count(batch)
+        seen = {p: _cpu_seconds(p, t) for p, t in seen.items()}
+    used = sum(seen[p] - start[p] for p in pids) if pids else time.process_time() - c0
+    return n / (time.perf_counter() - t0), used * 1000 / n
 
 
 def loader_rate(shards: str, split: str, workers: int, repeat: int) -> tuple[float, float]:
-    """make_loader (evaluation order, batch 8): best valid utt/s (wall) and best CPU ms per utterance spent
-    by the processes that decode (the workers; the main process when there are none)."""
-    rate, cpu = 0.0, float("inf")
+    """make_loader (evaluation order, batch 8): best valid utt/s and best CPU ms per utterance."""
+    runs = []
     for _ in range(repeat):
         loader = make_loader(shards, split, LoaderConfig(batch_size=8, num_workers=workers, train=False),
                              rank=0, world_size=1)
-        it = iter(loader)
-        pids = [w.pid for w in getattr(it, "_workers", [])]  # a private attribute: fine for a benchmark
-        next(it)  # steady state: worker start-up and the first batch are not counted
-        t0, c0 = time.perf_counter(), time.process_time()
-        start = {p: _cpu_seconds(p, 0.0) for p in pids}
-        seen = dict(start)
-        n = 0
-        for batch in it:
-            n += int(batch["valid"].sum())
-            seen = {p: _cpu_seconds(p, t) for p, t in seen.items()}
-        used = sum(seen[p] - start[p] for p in pids) if pids else time.process_time() - c0
-        rate = max(rate, n / (time.perf_counter() - t0))
-        cpu = min(cpu, used * 1000 / n)
-    return rate, cpu
+        runs.append(measure(loader, lambda b: int(b["valid"].sum())))
+    return max(r for r, _ in runs), min(c for _, c in runs)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
