@@ -43,6 +43,7 @@ $(DEMO)/MELD.Raw/synth_manifest.json: | install
 
 bench: install
 	$(PY) bench/data_bench.py
+	$(PY) bench/loader_bench.py
 	$(PY) bench/model_bench.py
 	$(PY) bench/train_bench.py
 

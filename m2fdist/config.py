@@ -40,6 +40,14 @@ class DataConfig:
     shuffle_buffer: int = 64
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])
+    # Shards are untrusted: bounds on what one may make a reader do (see m2fdist.data.source.ReadPolicy).
+    max_member_mb: float = 64.0
+    allow_compressed: bool = False
+    max_clip_mpixels: float = 4000.0
+    max_audio_seconds: float = 120.0
+    train_bad_shards: str = "error"  # or "skip": record a truncated/miscounted shard and go on (eval: error)
+    s3_command: str = "aws s3 cp {url} -"  # argv template for s3:// shards, run without a shell
+    gs_command: str = "gcloud storage cat {url}"
 
 
 @dataclass
@@ -176,14 +184,11 @@ def check_config(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{name} must be >= 1")
     check_ranges(cfg)
     _check_loss(cfg)
-    index = Path(cfg.data.shards) / "index.json"
-    if cfg.stage != "extract" and not index.is_file():
-        raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there (pack the corpus, or for the "
-                          "fusion stage run `m2fdist extract`, first)")
-    if cfg.stage in ("audio", "visual"):
+    index = check_shards(cfg)
+    if index is not None and cfg.stage in ("audio", "visual"):
         from m2fdist.pack.index import packed_modalities
 
-        if cfg.stage not in packed_modalities(json.loads(index.read_text())):
+        if cfg.stage not in packed_modalities(index):
             raise ConfigError(f"data.shards={cfg.data.shards} holds text-only samples (packed with --modalities "
                               f"text): the {cfg.stage} stage needs shards packed with media")
 
@@ -225,6 +230,47 @@ def check_ranges(cfg: RunConfig) -> None:
         if value < low or (value == low and not inclusive):
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key} must be {bound}, not {value}")
+
+
+def read_policy(cfg: RunConfig, skip_log: str | None = None) -> Any:
+    """The loaders' :class:`~m2fdist.data.source.ReadPolicy` from ``data.*``; ConfigError if out of range."""
+    from m2fdist.data.source import ReadPolicy
+
+    d = cfg.data
+    try:
+        return ReadPolicy(max_member_mb=d.max_member_mb, allow_compressed=d.allow_compressed,
+                          max_clip_mpixels=d.max_clip_mpixels, max_audio_seconds=d.max_audio_seconds,
+                          train_bad_shards=d.train_bad_shards, skip_log=skip_log, s3_command=d.s3_command,
+                          gs_command=d.gs_command)
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+
+
+def check_shards(cfg: RunConfig) -> dict[str, Any] | None:
+    """``data.shards`` is an allowed location whose index.json is for ``dataset`` (name and labels).
+
+    Run before any process group starts, so a config pointed at the wrong corpus fails at once, not after
+    a launch (or worse, trains with the other corpus's label ids).
+    """
+    from m2fdist.data.source import ShardError, ShardSource
+    from m2fdist.pack.index import load_index
+
+    try:
+        source = ShardSource(cfg.data.shards, read_policy(cfg))
+        index = load_index(source)
+    except FileNotFoundError:
+        if cfg.stage == "extract":
+            return None  # extraction says so itself
+        raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there (pack the corpus, or for the "
+                          "fusion stage run `m2fdist extract`, first)") from None
+    except (ShardError, ValueError) as e:
+        raise ConfigError(f"data.shards={cfg.data.shards}: {e}") from None
+    names = list(LABELS[cfg.dataset])
+    if index.get("dataset") != cfg.dataset or index.get("label_names") != names:
+        raise ConfigError(f"dataset={cfg.dataset} (labels {', '.join(names)}), but {source.url('index.json')} "
+                          f"is for {index.get('dataset')!r} with labels {index.get('label_names')}: "
+                          "set dataset= to match the shards, or point data.shards at the right ones")
+    return index
 
 
 def device_kind() -> str:

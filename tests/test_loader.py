@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from m2fdist.data import IGNORE_INDEX, LoaderConfig, ShardDecodeError, make_loader
+from m2fdist.data.source import ShardSource
 from m2fdist.data.stream import read_samples
 
 
@@ -113,7 +114,7 @@ def _poisoned_copy(shards: Path, tmp_path: Path, member: str, marker: Path) -> P
     """A one-shard copy of the test split where the first sample carries a pickle as ``member``."""
     index = json.loads((shards / "index.json").read_text())
     first = index["splits"]["test"]["shards"][0]
-    samples = list(read_samples([str(shards / first["url"])]))
+    samples = list(read_samples(ShardSource(shards), [first["url"]]))
     out = tmp_path / member
     out.mkdir()
     with tarfile.open(out / first["url"], "w") as tar:

@@ -109,10 +109,15 @@ def test_printed_amt_settles_with_negatives_no_farther_than_positives():
 
 
 def test_extractor_ce_head_adds_cross_entropy_over_real_samples_only(tmp_path):
+    import json
+
     from m2fdist.config import ConfigError, load_config
+    from m2fdist.labels import LABELS
     from m2fdist.stages import AudioStage
 
-    (tmp_path / "index.json").write_text("{}")  # the config checks that the shards it names exist
+    # the config checks that the shards it names exist and are for its dataset
+    index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]), "splits": {}}
+    (tmp_path / "index.json").write_text(json.dumps(index))
 
     def stage(*extra: str) -> AudioStage:
         return AudioStage(load_config("configs/tiny/audio.yaml", [f"data.shards={tmp_path}", "audio.seconds=0.5",

@@ -60,16 +60,30 @@ class FeatureShardWriter:
         self.tmp.replace(self.path)
 
 
-def decode_features(raw: dict[str, Any]) -> dict[str, Any]:
+def decode_features(raw: dict[str, Any], num_labels: int | None = None) -> dict[str, Any]:
+    """A dialog feature sample → labels [k] and [k, D] arrays, shapes and labels checked.
+
+    Labels must be integers in ``range(num_labels)`` (when given) and every array one row per label:
+    a bad feature shard is an error naming it here, not a crash in collation.
+    """
     where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
     missing = {"json", "labels.npy"} - raw.keys()
     if missing:
         raise ShardDecodeError(f"{where}: feature sample lacks {sorted(missing)}")
     meta = load_json_member(raw, where)
-    out = {"key": raw.get("__key__"), "meta": meta, "labels": load_npy(raw["labels.npy"], where)}
+    labels = load_npy(raw["labels.npy"], where)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ShardDecodeError(f"{where}: labels.npy must be a 1-D integer array, not {labels.dtype} {labels.shape}")
+    if num_labels and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ShardDecodeError(f"{where}: a label id outside 0..{num_labels - 1} in labels.npy")
+    out = {"key": raw.get("__key__"), "meta": meta, "labels": labels}
     for name in FEATURES:
         if f"{name}.npy" in raw:
-            out[name] = load_npy(raw[f"{name}.npy"], where).astype(np.float32)
+            x = load_npy(raw[f"{name}.npy"], where)
+            if x.ndim != 2 or x.shape[0] != len(labels) or x.dtype.kind != "f":
+                raise ShardDecodeError(f"{where}: {name}.npy must be float [{len(labels)}, D], not {x.dtype} "
+                                       f"{list(x.shape)}")
+            out[name] = x.astype(np.float32)
     return out
 
 
@@ -94,24 +108,27 @@ def collate_features(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def feature_moments(shards: Path, split: str, names: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def feature_moments(shards: str | Path, split: str, names: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Mean and std per dimension of each named modality over every utterance of ``split``.
 
     The fusion model standardises its inputs with the training split's statistics (DialogConfig.standardize).
     Every rank reads the same shards in the same order in float64, so all ranks get identical values.
     """
-    from m2fdist.data.stream import read_samples
+    from m2fdist.data.source import ShardSource
+    from m2fdist.data.stream import shard_units
     from m2fdist.pack.index import load_index
 
-    index = load_index(shards)
+    source = ShardSource(shards)
+    index = load_index(source)
     if split not in index["splits"]:
         raise ValueError(f"{shards}: no {split} split to take the feature statistics from")
-    urls = [str(Path(shards) / s["url"]) for s in index["splits"][split]["shards"]]
+    num_labels = len(index.get("label_names", []))
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     count = 0
-    for raw in read_samples(urls):
-        sample = decode_features(raw)
+    raws = (raw for shard in index["splits"][split]["shards"] for raw in shard_units(source, shard, dialogs=False))
+    for raw in raws:
+        sample = decode_features(raw, num_labels)
         for name in names:
             if name not in sample:
                 raise ShardDecodeError(f"{raw.get('__url__')}:{sample['key']}: no {name} features")

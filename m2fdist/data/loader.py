@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from m2fdist.data.collate import collate_dialogs, collate_utterances
 from m2fdist.data.decode import NUM_FRAMES, decode_sample
 from m2fdist.data.features import collate_features, decode_features
-from m2fdist.data.stream import (
-    Slot,
-    eval_stream,
-    eval_units_per_slot,
-    train_batches_per_rank,
-    train_stream,
-    worker_share,
-)
+from m2fdist.data.source import ReadPolicy, ShardSource
+from m2fdist.data.stream import Slot, eval_layout, eval_stream, train_batches_per_rank, train_stream, worker_share
 from m2fdist.pack.index import load_index
 
 
@@ -44,6 +38,7 @@ class LoaderConfig:
     members: tuple[str, ...] = ("json", "mp4", "wav")
     # Applied to every collated batch inside the worker (the text stage's tokeniser), so it overlaps training.
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    read: ReadPolicy = field(default_factory=ReadPolicy)  # bounds on untrusted shards; bad-shard policy
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -56,24 +51,28 @@ def dist_rank_world() -> tuple[int, int]:
 class ShardDataset(IterableDataset):
     """One split of a shards folder, as batches for one rank."""
 
-    def __init__(self, shards: Path, split: str, config: LoaderConfig, rank: int | None = None,
+    def __init__(self, shards: str | Path | ShardSource, split: str, config: LoaderConfig, rank: int | None = None,
                  world_size: int | None = None):
         super().__init__()
         if config.level not in ("utterance", "dialog", "features"):
             raise ValueError(f"level must be 'utterance', 'dialog' or 'features', not {config.level!r}")
         if config.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        index = load_index(shards)
+        self.source = shards if isinstance(shards, ShardSource) else ShardSource(shards, config.read)
+        index = load_index(self.source)
         if split not in index["splits"]:
-            raise KeyError(f"split {split!r} not in {shards}/index.json (has {sorted(index['splits'])})")
+            raise KeyError(f"split {split!r} not in {self.source.url('index.json')} (has {sorted(index['splits'])})")
         entry = index["splits"][split]
-        self.urls = [str(Path(shards) / s["url"]) for s in entry["shards"]]
+        self.shards = entry["shards"]
+        self.num_labels = len(index.get("label_names", []))
         self.units = entry["dialogs"] if config.level == "dialog" else entry["samples"]
         self.config = config
         default_rank, default_world = dist_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
         self.workers = max(1, config.num_workers)
+        kind = "dialogs" if config.level == "dialog" else "samples"
+        self.layout = eval_layout([s[kind] for s in self.shards], self.world_size, self.workers, config.batch_size)
         self.epoch = 0
         self.skip_batches = 0
         if config.train and train_batches_per_rank(self.units, self.world_size, config.batch_size) == 0:
@@ -96,8 +95,7 @@ class ShardDataset(IterableDataset):
         c = self.config
         if c.train:
             return train_batches_per_rank(self.units, self.world_size, c.batch_size)
-        per_slot = eval_units_per_slot(self.units, self.world_size * self.workers)
-        return self.workers * -(-per_slot // c.batch_size)
+        return self.layout.per_rank
 
     def _slot(self) -> tuple[Slot, int]:
         info = get_worker_info()
@@ -110,21 +108,28 @@ class ShardDataset(IterableDataset):
         dialogs = c.level == "dialog"
         if c.train:
             n_batches = worker_share(len(self), self.workers, worker)
-            stream = ((u, True) for u in train_stream(self.urls, slot, dialogs, c.seed, self.epoch, c.shuffle_buffer))
+            stream = ((u, True) for u in train_stream(self.source, self.shards, slot, dialogs, c.seed, self.epoch,
+                                                      c.shuffle_buffer))
             # The DataLoader takes batches from workers round-robin: batch i came from worker i mod W.
             skipped = worker_share(self.skip_batches, self.workers, worker)
             for _ in range(skipped * c.batch_size):
                 next(stream)
             n_batches -= skipped
         else:
-            n_batches = len(self) // self.workers
-            stream = eval_stream(self.urls, slot, dialogs, self.units)
+            n_batches = self.layout.batches[slot.index]
+            stream = eval_stream(self.source, self.shards, self.layout.shards[slot.index], dialogs,
+                                 n_batches * c.batch_size)
         batch: list[dict[str, Any]] = []
         made = 0
+        padding = None  # a padding row is decoded once
         for unit, valid in stream:
             if made == n_batches:
                 break
-            batch.append(self._decode(unit, valid))
+            if valid:
+                batch.append(self._decode(unit, True))
+            else:
+                padding = padding or self._decode(unit, False)
+                batch.append(padding)
             if len(batch) == c.batch_size:
                 yield self._collate(batch)
                 batch, made = [], made + 1
@@ -134,11 +139,15 @@ class ShardDataset(IterableDataset):
     def _decode(self, unit: dict[str, Any], valid: bool) -> dict[str, Any]:
         c = self.config
         if c.level == "features":
-            return {**decode_features(unit), "valid": valid}
+            return {**decode_features(unit, self.num_labels), "valid": valid}
         if c.level == "dialog":
-            utts = [decode_sample(s, c.num_frames, c.frame_size, c.members) for s in unit["utterances"]]
+            utts = [self._sample(s) for s in unit["utterances"]]
             return {"dialog": unit["dialog"], "utterances": utts, "valid": valid}
-        return {**decode_sample(unit, c.num_frames, c.frame_size, c.members), "valid": valid}
+        return {**self._sample(unit), "valid": valid}
+
+    def _sample(self, raw: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        return decode_sample(raw, c.num_frames, c.frame_size, c.members, self.num_labels, c.read)
 
     def _collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         level = self.config.level
@@ -149,9 +158,12 @@ class ShardDataset(IterableDataset):
         return self.config.transform(out) if self.config.transform else out
 
 
-def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, rank: int | None = None,
-                world_size: int | None = None) -> DataLoader:
-    """A DataLoader yielding collated batches; ``loader.dataset.set_epoch(e)`` before each epoch."""
+def make_loader(shards: str | Path | ShardSource, split: str, config: LoaderConfig | None = None,
+                rank: int | None = None, world_size: int | None = None) -> DataLoader:
+    """A DataLoader yielding collated batches; ``loader.dataset.set_epoch(e)`` before each epoch.
+
+    ``shards`` is a local folder or a URL (http(s)://, s3://, gs://: see :mod:`m2fdist.data.source`).
+    """
     config = config or LoaderConfig()
     dataset = ShardDataset(shards, split, config, rank, world_size)
     # Its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed run
@@ -162,6 +174,12 @@ def make_loader(shards: Path, split: str, config: LoaderConfig | None = None, ra
     if config.num_workers:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["torch", "m2fdist.data.loader", *getattr(config.transform, "preload", ())])
-    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+    # collate_fn: batches are collated in the workers already; the default (default_convert) would walk
+    # every batch's metadata again for nothing.
+    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers, collate_fn=_as_is,
                       persistent_workers=False, prefetch_factor=2 if config.num_workers else None,
                       generator=torch.Generator().manual_seed(config.seed), multiprocessing_context=context)
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch

@@ -50,16 +50,19 @@ def build_index(out: Path, plan_file: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_index(shards: Path) -> dict[str, Any]:
-    """The index of a shards folder, with a clear error when packing has not finished there."""
-    path = Path(shards) / INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: pack the corpus first (`m2fdist pack ...`), or finish all --part runs"
-        )
-    index = json.loads(path.read_text())
+def load_index(shards: str | Path | Any) -> dict[str, Any]:
+    """The index of a shards location (a folder, a URL or a ``ShardSource``), every shard name checked.
+
+    A clear error when packing has not finished there; shard names that are not plain file names under
+    the location (a ``pipe:`` command, an absolute path, ``..``) are refused before anything opens them.
+    """
+    from m2fdist.data.source import ShardSource  # here, not at the top: m2fdist.data imports this module
+
+    source = shards if isinstance(shards, ShardSource) else ShardSource(shards)
+    index = source.read_index()
     if index.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: shard format {index.get('format')} is not {FORMAT_VERSION}; repack")
+        raise ValueError(f"{source.url(INDEX_NAME)}: shard format {index.get('format')} is not {FORMAT_VERSION}; "
+                         "repack")
     return index
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from m2fdist.config import RunConfig
+from m2fdist.config import RunConfig, read_policy
 from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.labels import LABELS
@@ -66,10 +66,11 @@ class Stage:
         size = (d.frame_width, d.frame_height) if d.frame_width and d.frame_height else None
         return LoaderConfig(level=self.level, batch_size=d.batch_size, num_workers=d.num_workers, train=train,
                             num_frames=d.num_frames, frame_size=size, shuffle_buffer=d.shuffle_buffer,
-                            seed=self.cfg.train.seed, members=self.members)
+                            seed=self.cfg.train.seed, members=self.members,
+                            read=read_policy(self.cfg, str(Path(self.cfg.output_dir) / "skipped_shards.jsonl")))
 
     def loader(self, split: str, train: bool, rank: int, world: int):
-        return make_loader(Path(self.cfg.data.shards), split, self.loader_config(train), rank, world)
+        return make_loader(self.cfg.data.shards, split, self.loader_config(train), rank, world)
 
     # -- steps ---------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:

@@ -3,7 +3,6 @@ utterances of all dialogs in the batch."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ class FusionStage(Stage):
             return
         mods = self.cfg.fusion.modalities
         split = self.cfg.data.train_split
-        moments = feature_moments(Path(self.cfg.data.shards), split, tuple(FEATURE_OF[m] for m in mods))
+        moments = feature_moments(self.cfg.data.shards, split, tuple(FEATURE_OF[m] for m in mods))
         for m in mods:
             name = FEATURE_OF[m]
             want, got = getattr(self.cfg.fusion, f"dim_{name}"), len(moments[name][0])
