@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("export", "one safetensors model from a stage's sharded checkpoint"),
                        ("pipeline", "pack → text → audio → visual → extract → fusion → report"),
                        ("report", "report.json, confusion matrices and the modality ablation table of a run"),
-                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout")):
+                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout"),
+                       ("faces", "find every packed utterance's faces once (MTCNN), for the visual stages")):
         sub.add_parser(name, help=what, add_help=False)
     return p
 
@@ -179,7 +180,8 @@ def cmd_tiny_text(args: argparse.Namespace) -> int:
 
 # Subcommands that own their whole argument list (key=value overrides, launcher flags).
 DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export",
-             "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict"}
+             "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict",
+             "faces": "m2fdist.faces"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from m2fdist.data.decode import sample_frames
 from m2fdist.export import load_exported
+from m2fdist.extract import text_features
+from m2fdist.faces import FaceSet, FaceSettings, detect_clips
 from m2fdist.labels import LABELS
 from m2fdist.media import audio_from_video
 from m2fdist.raw.meld import read_meld
@@ -34,27 +37,46 @@ def load_model(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict_dialog(model: dict[str, Any], utterances: list) -> np.ndarray:
-    """Class probabilities [k, C] for one dialog's utterances, through the same path as training."""
-    text_cfg, text = model["text"]
+def utterance_features(model: dict[str, Any], utterances: list, faces: FaceSet | None = None) -> dict[str, Tensor]:
+    """Text, audio and visual features [n, D] of a few utterances, through the same paths as extraction."""
+    _, text = model["text"]
     vis_cfg, visual = model["visual"]
-    aud_cfg, audio = model["audio"]
-    fus_cfg, fusion = model["fusion"]
-    texts = [u.text for u in utterances]
-    prev = [[c["text"] for c in u.extra.get("context_prev", [])] for u in utterances]
-    nxt = [[c["text"] for c in u.extra.get("context_next", [])] for u in utterances]
-    feats = {"text": text.sentence_vector(**text.tokenize(texts, prev, nxt))}
+    _, audio = model["audio"]
+    feats = {"text": text_features(text, [{**u.extra, "text": u.text} for u in utterances])}
     waves = [torch.from_numpy(audio_from_video(Path(u.video))) for u in utterances]
     lengths = torch.tensor([len(w) for w in waves])
     padded = torch.zeros(len(waves), int(lengths.max()))
     for i, w in enumerate(waves):
         padded[i, : len(w)] = w
     feats["audio"] = audio(padded, lengths)
-    vis = []
-    for u in utterances:
-        frames = torch.from_numpy(sample_frames(u.video, vis_cfg.data.num_frames))
-        vis.append(visual(frames[None], torch.tensor([[frames.shape[1], frames.shape[2]]])))
-    feats["visual"] = torch.cat(vis)
+    clips = [torch.from_numpy(sample_frames(u.video, vis_cfg.data.num_frames)) for u in utterances]
+    hw = torch.tensor([[c.shape[1], c.shape[2]] for c in clips])
+    frames = torch.zeros((len(clips), clips[0].shape[0], int(hw[:, 0].max()), int(hw[:, 1].max()), 3),
+                         dtype=torch.uint8)
+    for i, c in enumerate(clips):
+        frames[i, :, : c.shape[1], : c.shape[2]] = c
+    boxes = None
+    if visual.face is not None:
+        keys = [u.key for u in utterances]
+        boxes = faces.boxes(keys, hw, visual.config.min_face_prob) if faces else None
+        if boxes is None:  # MTCNN on each clip at its own size (never on padding)
+            found = detect_clips(visual.detector, clips, frames.device)
+            boxes = [[b[p >= visual.config.min_face_prob] for b, p in clip] for clip in found]
+    feats["visual"] = visual(frames, hw, boxes)
+    return feats
+
+
+@torch.no_grad()
+def predict_dialog(model: dict[str, Any], utterances: list, chunk: int = 16, faces: FaceSet | None = None
+                   ) -> np.ndarray:
+    """Class probabilities [k, C] for one dialog's utterances, through the same path as training.
+
+    The extractors see ``chunk`` utterances at a time, so memory does not grow with the dialog's length;
+    only the dialog's feature rows go to the fusion model together.
+    """
+    fus_cfg, fusion = model["fusion"]
+    parts = [utterance_features(model, utterances[i : i + chunk], faces) for i in range(0, len(utterances), chunk)]
+    feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
     mods = {"T": "text", "A": "audio", "V": "visual"}
     inputs = {mods[m]: feats[mods[m]][None].float() for m in fus_cfg.fusion.modalities}
     logits = fusion(torch.ones(1, len(utterances), dtype=torch.bool), **inputs)[0]
@@ -72,8 +94,12 @@ def readable(u) -> str | None:
     return None if has_video and has_audio else "clip lacks a video or audio stream"
 
 
-def predict(model_dir: Path, root: Path) -> list[dict[str, Any]]:
+def predict(model_dir: Path, root: Path, chunk: int = 16, faces: Path | None = None) -> list[dict[str, Any]]:
     model = load_model(model_dir)
+    face_set = None
+    if faces is not None:
+        vis_cfg = model["visual"][0]
+        face_set = FaceSet(faces, FaceSettings(vis_cfg.data.num_frames, vis_cfg.visual.min_face_size))
     names = list(LABELS["meld"])
     corpus = read_meld(root, require_labels=False)
     rows = []
@@ -81,7 +107,8 @@ def predict(model_dir: Path, root: Path) -> list[dict[str, Any]]:
         for dialog in dialogs:
             reasons = {u.key: readable(u) for u in dialog}
             good = [u for u in dialog if reasons[u.key] is None]
-            probs = dict(zip([u.key for u in good], predict_dialog(model, good), strict=True)) if good else {}
+            probs = dict(zip([u.key for u in good], predict_dialog(model, good, chunk, face_set),
+                             strict=True)) if good else {}
             for u in dialog:
                 row = {"split": split, "dialog": u.dialog, "utt": u.utt, "speaker": u.speaker, "text": u.text}
                 if u.key in probs:
@@ -105,8 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True, help="clips + CSV in MELD's layout")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", type=Path, default=None, help="default: standard output")
+    p.add_argument("--chunk", type=int, default=16, help="utterances through the extractors at once (memory "
+                   "does not grow with a dialog's length)")
+    p.add_argument("--faces", type=Path, default=None, help="face set (m2fdist faces) of shards packed from "
+                   "these clips: its boxes, joined by key, replace MTCNN")
     args = p.parse_args(argv)
-    rows = predict(args.model, args.root)
+    if args.chunk < 1:
+        p.error("--chunk must be >= 1")
+    rows = predict(args.model, args.root, args.chunk, args.faces)
     out = args.out.open("w", newline="") if args.out else sys.stdout
     if args.format == "json":
         json.dump(rows, out, indent=1, ensure_ascii=False)
