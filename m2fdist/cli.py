@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pipeline", "pack → text → audio → visual → extract → fusion → report"),
                        ("report", "report.json, confusion matrices and the modality ablation table of a run"),
                        ("eval", "score an exported model (or RUNS/model) on one split of shards"),
-                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout")):
+                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout"),
+                       ("faces", "find every packed utterance's faces once (MTCNN), for the visual stages")):
         sub.add_parser(name, help=what, add_help=False)
     return p
 
@@ -191,7 +192,7 @@ def cmd_tiny_text(args: argparse.Namespace) -> int:
 # Subcommands that own their whole argument list (key=value overrides, launcher flags).
 DELEGATED = {"train": "m2fdist.train", "extract": "m2fdist.extract", "export": "m2fdist.export",
              "pipeline": "m2fdist.pipeline", "report": "m2fdist.report", "predict": "m2fdist.predict",
-             "eval": "m2fdist.evaluate"}
+             "eval": "m2fdist.evaluate", "faces": "m2fdist.faces"}
 
 
 def main(argv: list[str] | None = None) -> int:

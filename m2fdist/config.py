@@ -72,6 +72,10 @@ class TrainConfig:
     focal_gamma: float = 0.0
 
 
+# triplet.recipe → (weights of L_AMT, L_Cov, L_Var; weight of the cross-entropy head)
+RECIPES = {"paper": ([20.0, 5.0, 1.0], 0.0), "vicreg_ce": ([0.0, 5.0, 1.0], 1.0)}
+
+
 @dataclass
 class TripletConfig:
     mining: str = "all"  # or "semihard"
@@ -85,6 +89,22 @@ class TripletConfig:
     # its own it barely separates emotions; the demo's audio stage leans on this term instead (README).
     ce_weight: float = 0.0
     ce_temperature: float = 0.1
+    # A named loss, one switch: "paper" (weights 20, 5, 1, no CE head: the printed loss), "vicreg_ce" (weights
+    # 0, 5, 1 and the CE head at 1: the recipe that learns, configs/meld and configs/iemocap), or "custom"
+    # (weights and ce_weight as given). A named recipe sets both; giving them other values is an error.
+    recipe: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.recipe == "custom":
+            return
+        if self.recipe not in RECIPES:
+            raise ValueError(f"triplet.recipe must be custom, {' or '.join(RECIPES)}, not {self.recipe!r}")
+        weights, ce = RECIPES[self.recipe]
+        for given, allowed in ((list(self.weights), ([20.0, 5.0, 1.0], weights)), (self.ce_weight, (0.0, ce))):
+            if given not in allowed:  # the defaults, or the recipe's own values (a saved config)
+                raise ValueError(f"triplet.recipe={self.recipe} sets triplet.weights and triplet.ce_weight; "
+                                 "use triplet.recipe=custom to choose them")
+        self.weights, self.ce_weight = list(weights), ce
 
 
 @dataclass
@@ -94,6 +114,9 @@ class ExtractConfig:
     visual: str = ""
     out: str = "shards/meld_features"
     splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])
+    # Utterances decoded and run through the extractors at once, whatever the dialog's length: a rank holds
+    # at most (data.num_workers × 2 + 1) such chunks of frames and audio (m2fdist.data.chunks).
+    chunk_utterances: int = 32
 
 
 @dataclass
@@ -182,6 +205,8 @@ def check_config(cfg: RunConfig) -> None:
     for name in ("batch_size", "num_frames"):
         if getattr(cfg.data, name) < 1:
             raise ConfigError(f"data.{name} must be >= 1")
+    if cfg.extract.chunk_utterances < 1:
+        raise ConfigError("extract.chunk_utterances must be >= 1")
     check_ranges(cfg)
     _check_loss(cfg)
     index = check_shards(cfg)

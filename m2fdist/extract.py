@@ -4,9 +4,12 @@ write dialog feature shards for the fusion stage.
     deepspeed --num_gpus N launch/extract.py --config configs/meld/extract.yaml [key=value ...]
     python -m m2fdist.extract --config ...                                   (one process)
 
-Dialogs are spread over ranks the way evaluation spreads them (each exactly once); each rank writes one
-tar per split, then its stats file as the completion marker, so a rerun skips what is done. Rank 0
-writes ``index.json`` once every rank has finished.
+Dialogs are spread over ranks (each exactly once) and read in chunks of at most ``extract.chunk_utterances``
+utterances (:mod:`m2fdist.data.chunks`), so memory does not grow with a dialog's length; a dialog's feature
+rows are put together as its chunks come and written when its last utterance has been seen. Face boxes come
+from a face set where one covers a chunk (``visual.faces``, ``m2fdist faces``), else from MTCNN. Each rank
+writes one tar per split, then its stats file as the completion marker, so a rerun skips what is done.
+Rank 0 writes ``index.json`` once every rank has finished.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,11 @@ from tqdm import tqdm
 
 from m2fdist import atomic, runtime
 from m2fdist.config import ConfigError, RunConfig, load_config
-from m2fdist.data import LoaderConfig, make_loader
+from m2fdist.data.chunks import chunk_loader
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
+from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
-from m2fdist.models.text import TokenizeBatch
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
 from m2fdist.train import parse_args
@@ -51,24 +55,56 @@ def load_extractors(cfg: RunConfig, device: str) -> dict[str, torch.nn.Module]:
     return models
 
 
+def text_features(model: torch.nn.Module, metas: list[dict[str, Any]]) -> torch.Tensor:
+    """Sentence vectors of utterances, each with its neighbours' text from its sample's json."""
+    inputs = model.batcher.from_metas(metas)  # the text model's own input format, speakers included
+    return model.sentence_vector(**{k: v.to(device_of(model)) for k, v in inputs.items()})
+
+
 @torch.no_grad()
-def dialog_features(models: dict[str, torch.nn.Module], batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
-    """Per-utterance features [k, D] of dialog i of a dialog batch."""
-    k = int(batch["mask"][i].sum())
+def chunk_features(models: dict[str, torch.nn.Module], batch: dict[str, Any],
+                   faces: FaceSet | None = None) -> dict[str, np.ndarray]:
+    """Per-utterance features [n, D] of a chunk of utterances (collated by m2fdist.data.chunks)."""
     out = {}
     if "text" in models:
-        m = models["text"]
-        inputs = batch["text_inputs"][i] if "text_inputs" in batch else m.batcher.from_metas(batch["meta"][i])
-        out["text"] = m.sentence_vector(**{k: v.to(device_of(m)) for k, v in inputs.items()})
+        out["text"] = text_features(models["text"], batch["meta"])
     if "audio" in models:
-        out["audio"] = models["audio"](batch["audio"][i, :k], batch["audio_len"][i, :k])
+        m = models["audio"]
+        out["audio"] = m(batch["audio"].to(next(m.parameters()).device), batch["audio_len"])
     if "visual" in models:
-        out["visual"] = models["visual"](batch["frames"][i, :k], batch["frame_hw"][i, :k])
+        m = models["visual"]
+        frames, hw = batch["frames"].to(next(m.parameters()).device), batch["frame_hw"]
+        out["visual"] = m(frames, hw, face_boxes(m, faces, batch["keys"], frames, hw) if m.face is not None else None)
     return {name: x.float().cpu().numpy() for name, x in out.items()}
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def extract_dialogs(models: dict[str, torch.nn.Module], loader, faces: FaceSet | None = None
+                    ) -> Iterator[tuple[Any, list[str], np.ndarray, dict[str, np.ndarray], int]]:
+    """(dialog, keys, labels, features [k, D] by modality, largest chunk so far) for each complete dialog.
+
+    Chunks from different loader workers interleave, so several dialogs may be open at once (one per
+    worker at most); each is yielded as soon as its last utterance's chunk has been processed.
+    """
+    open_: dict[Any, dict[str, Any]] = {}
+    largest = 0
+    for batch in loader:
+        largest = max(largest, len(batch["keys"]))
+        feats = chunk_features(models, batch, faces)
+        for i, (dialog, last) in enumerate(zip(batch["dialog"], batch["last"], strict=True)):
+            acc = open_.setdefault(dialog, {"keys": [], "labels": [], "rows": []})
+            acc["keys"].append(batch["keys"][i])
+            acc["labels"].append(int(batch["labels"][i]))
+            acc["rows"].append({n: v[i] for n, v in feats.items()})
+            if last:
+                done = open_.pop(dialog)
+                stacked = {n: np.stack([r[n] for r in done["rows"]]) for n in feats}
+                yield dialog, done["keys"], np.asarray(done["labels"], dtype=np.int64), stacked, largest
+    if open_:
+        raise RuntimeError(f"dialogs {sorted(map(str, open_))[:3]} ended without their last utterance")
 
 
 def shard_name(split: str, rank: int, world: int) -> str:
@@ -84,36 +120,36 @@ def run(cfg: RunConfig) -> None:
     members = ("json",) + (("wav",) if "audio" in models else ()) + (("mp4",) if "visual" in models else ())
     source = load_index(Path(cfg.data.shards))
     d = cfg.data
-    loader_cfg = LoaderConfig(level="dialog", batch_size=d.batch_size, num_workers=d.num_workers, train=False,
-                              num_frames=d.num_frames, members=members,
-                              frame_size=(d.frame_width, d.frame_height) if d.frame_width else None,
-                              transform=TokenizeBatch(models["text"].batcher) if "text" in models else None)
+    size = (d.frame_width, d.frame_height) if d.frame_width and d.frame_height else None
+    faces = None
+    if "visual" in models and models["visual"].face is not None:
+        settings = FaceSettings(d.num_frames, models["visual"].config.min_face_size)
+        faces = open_faces(cfg.visual.faces, d.shards, settings, verbose=rank == 0)
     for split in cfg.extract.splits:
         if split not in source["splits"]:
             continue
         name = shard_name(split, rank, world)
         if (out / f"{name}.stats.json").is_file():
             continue
-        loader = make_loader(Path(cfg.data.shards), split, loader_cfg, rank, world)
+        loader = chunk_loader(Path(d.shards), split, cfg.extract.chunk_utterances, rank, world, d.num_workers,
+                              d.num_frames, size, members)
         writer = FeatureShardWriter(out / f"{name}.tar")
         labels: Counter[str] = Counter()
-        utterances = 0
-        for batch in tqdm(loader, desc=f"extract {split}", disable=rank != 0, file=sys.stderr):
-            for i, valid in enumerate(batch["valid"].tolist()):
-                if not valid:
-                    continue
-                keys = batch["keys"][i]
-                y = batch["labels"][i, : len(keys)].numpy()
-                meta = {"dataset": cfg.dataset, "split": split, "dialog": batch["dialog"][i], "keys": keys}
-                feats = dialog_features(models, batch, i)
-                writer.write(make_key(cfg.dataset, split, "dialog", str(batch["dialog"][i])), meta,
-                             {**feats, "labels": y.astype(np.int64)})
-                labels.update(LABELS[cfg.dataset][int(v)] for v in y)
-                utterances += len(keys)
+        utterances = largest = 0
+        dims: dict[str, int] = {}
+        bar = tqdm(desc=f"extract {split}", unit="dialog", disable=rank != 0, file=sys.stderr)
+        for dialog, keys, y, feats, seen in extract_dialogs(models, loader, faces):
+            largest = seen
+            meta = {"dataset": cfg.dataset, "split": split, "dialog": dialog, "keys": keys}
+            writer.write(make_key(cfg.dataset, split, "dialog", str(dialog)), meta, {**feats, "labels": y})
+            labels.update(LABELS[cfg.dataset][int(v)] for v in y)
+            utterances += len(keys)
+            dims = {n: int(v.shape[1]) for n, v in feats.items()}
+            bar.update()
+        bar.close()
         writer.close()
-        dims = {n: int(v.shape[1]) for n, v in feats.items()} if writer.count else {}
         stats = {"shard": f"{name}.tar", "split": split, "count": writer.count, "dialogs": writer.count,
-                 "utterances": utterances, "labels": dict(labels), "dims": dims}
+                 "utterances": utterances, "labels": dict(labels), "dims": dims, "largest_chunk": largest}
         atomic.write_json(out / f"{name}.stats.json", stats)
     dist.barrier()
     if rank == 0:

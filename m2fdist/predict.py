@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from m2fdist.data.decode import sample_frames
 from m2fdist.export import load_exported
+from m2fdist.extract import text_features
+from m2fdist.faces import FaceSet, FaceSettings, detect_clips
 from m2fdist.labels import LABELS
 from m2fdist.media import audio_from_video
 from m2fdist.raw.meld import read_meld
@@ -34,19 +37,20 @@ def load_model(path: Path) -> dict[str, Any]:
     return {p: load_exported(Path(path) / p) for p in PARTS}
 
 
+@torch.no_grad()
 @dataclass
 class Decoded:
     """One utterance's media as the extractors take it, and what was left out of it."""
 
     wave: torch.Tensor
     frames: torch.Tensor
-    note: str | None = None  # e.g. "audio: used the first 8.0 s of 12.4 s"
+    note: str | None = None  # e.g. "audio: used the first 8 s of 12.4 s"
 
 
 def decode_utterance(u, audio_seconds: float, num_frames: int) -> Decoded:
     """Decode a clip's soundtrack (capped at what the audio model reads, as in training) and sampled frames.
 
-    Raises MediaError for a clip that cannot be decoded: the caller records it as a skip.
+    Raises MediaError for a clip that cannot be decoded, at the probe or after it: the caller records a skip.
     """
     from m2fdist.media import MediaError, probe
 
@@ -63,63 +67,93 @@ def decode_utterance(u, audio_seconds: float, num_frames: int) -> Decoded:
     return Decoded(torch.from_numpy(wave), frames, note)
 
 
-@torch.no_grad()
-def predict_dialog(model: dict[str, Any], utterances: list, decoded: list[Decoded]) -> np.ndarray:
-    """Class probabilities [k, C] for one dialog's utterances, through the same path as training."""
+def utterance_features(model: dict[str, Any], utterances: list, decoded: list[Decoded],
+                       faces: FaceSet | None = None) -> dict[str, Tensor]:
+    """Text, audio and visual features [n, D] of a few decoded utterances, through the same paths as extraction."""
     _, text = model["text"]
     _, visual = model["visual"]
     _, audio = model["audio"]
-    fus_cfg, fusion = model["fusion"]
     metas = [{**u.extra, "text": u.text, "speaker": u.speaker} for u in utterances]  # as packed into the json
-    feats = {"text": text.sentence_vector(**text.tokenize_metas(metas))}
+    feats = {"text": text_features(text, metas)}
     lengths = torch.tensor([len(d.wave) for d in decoded])
     padded = torch.zeros(len(decoded), int(lengths.max()))
     for i, d in enumerate(decoded):
         padded[i, : len(d.wave)] = d.wave
     feats["audio"] = audio(padded, lengths)
-    feats["visual"] = torch.cat([visual(d.frames[None], torch.tensor([[d.frames.shape[1], d.frames.shape[2]]]))
-                                 for d in decoded])
-    mods = {"T": "text", "A": "audio", "V": "visual"}
-    inputs = {mods[m]: feats[mods[m]][None].float() for m in fus_cfg.fusion.modalities}
-    logits = fusion(torch.ones(1, len(utterances), dtype=torch.bool), **inputs)[0]
-    return logits.softmax(-1).numpy()
+    clips = [d.frames for d in decoded]
+    hw = torch.tensor([[c.shape[1], c.shape[2]] for c in clips])
+    frames = torch.zeros((len(clips), clips[0].shape[0], int(hw[:, 0].max()), int(hw[:, 1].max()), 3),
+                         dtype=torch.uint8)
+    for i, c in enumerate(clips):
+        frames[i, :, : c.shape[1], : c.shape[2]] = c
+    boxes = None
+    if visual.face is not None:
+        keys = [u.key for u in utterances]
+        boxes = faces.boxes(keys, hw, visual.config.min_face_prob) if faces else None
+        if boxes is None:  # MTCNN on each clip at its own size (never on padding)
+            found = detect_clips(visual.detector, clips, frames.device)
+            boxes = [[b[p >= visual.config.min_face_prob] for b, p in clip] for clip in found]
+    feats["visual"] = visual(frames, hw, boxes)
+    return feats
 
 
-def predict(model_dir: Path, root: Path) -> list[dict[str, Any]]:
-    """One row per utterance of the tree: the emotion and probabilities, or why the utterance was skipped.
+@torch.no_grad()
+def predict_dialog(model: dict[str, Any], utterances: list, chunk: int = 16, faces: FaceSet | None = None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
+    """(probabilities [C] by key, skip reasons by key, notes by key) for one dialog's utterances.
 
-    A clip that cannot be decoded (at the probe or after it) is a skip with its reason; the dialog's other
-    utterances are still predicted.
+    Clips are decoded and run through the extractors ``chunk`` utterances at a time, so memory does not grow
+    with the dialog's length; only the dialog's feature rows go to the fusion model together. A clip that
+    cannot be decoded is a skip; the dialog's other utterances are still predicted.
     """
     from m2fdist.media import MediaError
 
-    model = load_model(model_dir)
-    names = list(LABELS["meld"])
     audio_seconds = model["audio"][0].audio.seconds
     num_frames = model["visual"][0].data.num_frames
+    fus_cfg, fusion = model["fusion"]
+    parts, good, reasons, notes = [], [], {}, {}
+    for i in range(0, len(utterances), chunk):
+        ok, decoded = [], []
+        for u in utterances[i : i + chunk]:
+            try:
+                decoded.append(decode_utterance(u, audio_seconds, num_frames))
+                ok.append(u)
+            except MediaError as e:
+                reasons[u.key] = e.reason
+        if ok:
+            parts.append(utterance_features(model, ok, decoded, faces))
+            good += ok
+            notes.update({u.key: d.note for u, d in zip(ok, decoded, strict=True) if d.note})
+    if not good:
+        return {}, reasons, notes
+    feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    mods = {"T": "text", "A": "audio", "V": "visual"}
+    inputs = {mods[m]: feats[mods[m]][None].float() for m in fus_cfg.fusion.modalities}
+    logits = fusion(torch.ones(1, len(good), dtype=torch.bool), **inputs)[0]
+    return dict(zip([u.key for u in good], logits.softmax(-1).numpy(), strict=True)), reasons, notes
+
+
+def predict(model_dir: Path, root: Path, chunk: int = 16, faces: Path | None = None) -> list[dict[str, Any]]:
+    """One row per utterance of the tree: the emotion and probabilities, or why the utterance was skipped."""
+    model = load_model(model_dir)
+    face_set = None
+    if faces is not None:
+        vis_cfg = model["visual"][0]
+        face_set = FaceSet(faces, FaceSettings(vis_cfg.data.num_frames, vis_cfg.visual.min_face_size))
+    names = list(LABELS["meld"])
     corpus = read_meld(root, require_labels=False)
     rows = []
     for split, dialogs in corpus.splits.items():
         for dialog in dialogs:
-            decoded, reasons = {}, {}
-            for u in dialog:
-                try:
-                    decoded[u.key] = decode_utterance(u, audio_seconds, num_frames)
-                except MediaError as e:
-                    reasons[u.key] = e.reason
-            good = [u for u in dialog if u.key in decoded]
-            probs = {}
-            if good:
-                p = predict_dialog(model, good, [decoded[u.key] for u in good])
-                probs = dict(zip([u.key for u in good], p, strict=True))
+            probs, reasons, notes = predict_dialog(model, dialog, chunk, face_set)
             for u in dialog:
                 row = {"split": split, "dialog": u.dialog, "utt": u.utt, "speaker": u.speaker, "text": u.text}
                 if u.key in probs:
                     p = probs[u.key]
                     row.update(emotion=names[int(p.argmax())],
                                probs={n: round(float(x), 6) for n, x in zip(names, p, strict=True)})
-                    if decoded[u.key].note:
-                        row["note"] = decoded[u.key].note
+                    if u.key in notes:
+                        row["note"] = notes[u.key]
                 else:
                     row.update(emotion=None, probs=None, skipped=reasons[u.key])
                     print(f"skipped {split} dia{u.dialog}_utt{u.utt}: {reasons[u.key]}", file=sys.stderr)
@@ -137,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True, help="clips + CSV in MELD's layout")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", type=Path, default=None, help="default: standard output")
+    p.add_argument("--chunk", type=int, default=16, help="utterances through the extractors at once (memory "
+                   "does not grow with a dialog's length)")
+    p.add_argument("--faces", type=Path, default=None, help="face set (m2fdist faces) of shards packed from "
+                   "these clips: its boxes, joined by key, replace MTCNN")
     args = p.parse_args(argv)
+    if args.chunk < 1:
+        p.error("--chunk must be >= 1")
     try:
-        rows = predict(args.model, args.root)
+        rows = predict(args.model, args.root, args.chunk, args.faces)
     except (FileNotFoundError, ValueError) as e:
         print(f"m2fdist predict: {e}", file=sys.stderr)
         return 2

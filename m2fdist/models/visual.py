@@ -7,12 +7,18 @@ branch: the whole frame through the scene extractor, max-pooled. The two are con
 
 MTCNN is kept out of the module tree: it is never trained, and under ZeRO its weights must not be
 partitioned or put in the optimiser. Crops are cut with ``roi_align`` from each frame's real area only,
-so a frame's result never depends on the padding that batched it with larger frames.
+so a frame's result never depends on the padding that batched it with larger frames. Boxes found once by
+``m2fdist faces`` (:mod:`m2fdist.faces`) can stand in for MTCNN (``visual.faces``).
+
+The backbones start from random weights, torchvision's ImageNet weights, facenet-pytorch's face weights
+(``casia-webface`` / ``vggface2``, through its own download API) or a local weights file
+(``visual.scene_init`` / ``visual.face_init``); :func:`load_init` loads them without unpickling anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,16 +37,88 @@ class VisualConfig:
     scene_size: int = 224
     min_face_prob: float = 0.9
     min_face_size: int = 20
+    # Initial weights of each backbone: none (random), imagenet (torchvision, resnet18 only), casia-webface /
+    # vggface2 (facenet-pytorch, inception_resnet_v1 only), or a local .safetensors / .pt / .pth file.
+    face_init: str = "none"
+    scene_init: str = "none"
+    # Face boxes: auto (those `m2fdist faces` stored beside the shards when they match, MTCNN otherwise),
+    # mtcnn (MTCNN on every batch), or a face-set folder that must cover the shards.
+    faces: str = "auto"
 
     def __post_init__(self) -> None:
         if self.branches not in ("face+scene", "face", "scene"):
             raise ValueError(f"visual branches must be face+scene, face or scene, not {self.branches!r}")
         if self.face_backbone not in ("resnet18", "inception_resnet_v1"):
             raise ValueError(f"face_backbone must be resnet18 or inception_resnet_v1, not {self.face_backbone!r}")
+        check_init("visual.face_init", self.face_init, self.face_backbone)
+        check_init("visual.scene_init", self.scene_init, "resnet18")
 
     @property
     def out_dim(self) -> int:
         return self.embed_dim * (2 if self.branches == "face+scene" else 1)
+
+
+WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".bin")
+NAMED_INITS = {"resnet18": ("none", "imagenet"), "inception_resnet_v1": ("none", "casia-webface", "vggface2")}
+# What each backbone's weights were trained on: torchvision's ImageNet statistics; facenet's (x - 127.5) / 128.
+MEAN_STD = {"resnet18": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            "inception_resnet_v1": ((0.5, 0.5, 0.5), (128 / 255, 128 / 255, 128 / 255))}
+
+
+def check_init(key: str, value: str, backbone: str) -> None:
+    """A named init that fits the backbone, or a path to a weights file (its existence is checked on load)."""
+    if value in NAMED_INITS[backbone] or value.endswith(WEIGHT_FILES):
+        return
+    raise ValueError(f"{key}={value!r}: use one of {', '.join(NAMED_INITS[backbone])} for {backbone}, or a "
+                     f"local weights file ({', '.join(WEIGHT_FILES)})")
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict from a local file without running pickled code: safetensors, or torch.load(weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError and friends: the file holds more than tensors
+        raise ValueError(f"{path}: not a plain state dict of tensors (refused to unpickle it: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def download_weights(name: str) -> dict[str, Tensor]:
+    """Weights through the libraries' own download APIs (cached in the torch hub folder after the first)."""
+    if name == "imagenet":
+        return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    from facenet_pytorch import InceptionResnetV1
+
+    return InceptionResnetV1(pretrained=name, classify=False).state_dict()
+
+
+def load_init(backbone: nn.Module, source: str) -> None:
+    """Load ``source`` (a named init or a file) into ``backbone``; classifier heads (fc, logits) are dropped.
+
+    A file may hold the bare backbone's state dict (torchvision's or facenet's format) or one whose keys
+    start with ``backbone.`` (an Embedder's). Every backbone weight must be there: a partial file is an error.
+    """
+    if source == "none":
+        return
+    state = download_weights(source) if "." not in source else read_weights(Path(source))
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "logits."))}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit the backbone (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]})")
 
 
 class Embedder(nn.Module):
@@ -59,9 +137,13 @@ class Embedder(nn.Module):
             width = 512
         self.backbone = net
         self.proj = nn.Linear(width, embed_dim)
+        mean, std = MEAN_STD[backbone]
+        # plain attributes, not buffers: exports and checkpoints stay as they were, and bf16 never rounds them
+        self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
 
     def forward(self, images: Tensor) -> Tensor:
-        return F.normalize(self.proj(self.backbone((images - 0.5) / 0.5)), dim=-1)
+        x = (images - self.mean.to(images)) / self.std.to(images)
+        return F.normalize(self.proj(self.backbone(x)), dim=-1)
 
 
 class FaceDetector:
@@ -80,8 +162,8 @@ class FaceDetector:
         return self._nets[key]
 
     @torch.no_grad()
-    def __call__(self, frames: Tensor, frame_hw: Tensor) -> list[Tensor]:
-        """frames uint8 [N, H, W, 3] (padded), frame_hw [N, 2] → N tensors of boxes, clamped to the real area."""
+    def scored(self, frames: Tensor, frame_hw: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every face MTCNN returns, whatever its probability: N pairs (boxes [k, 4] in the real area, probs [k])."""
         if frames.shape[0] == 0:
             return []
         boxes, probs = self._net(frames.device).detect(frames.float())
@@ -89,16 +171,19 @@ class FaceDetector:
         for i in range(frames.shape[0]):
             h, w = (int(v) for v in frame_hw[i])
             if boxes[i] is None:
-                out.append(torch.zeros((0, 4), device=frames.device))
+                out.append((torch.zeros((0, 4), device=frames.device), torch.zeros(0, device=frames.device)))
                 continue
             b = torch.as_tensor(np.asarray(boxes[i], dtype=np.float32), device=frames.device).reshape(-1, 4)
             p = torch.as_tensor(np.asarray(probs[i], dtype=np.float32), device=frames.device).reshape(-1)
-            b = b[p >= self.min_prob]
             b[:, 0::2] = b[:, 0::2].clamp(0.5, w - 0.5)  # inside the real area (see scene_features)
             b[:, 1::2] = b[:, 1::2].clamp(0.5, h - 0.5)
             keep = (b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2)
-            out.append(b[keep])
+            out.append((b[keep], p[keep]))
         return out
+
+    def __call__(self, frames: Tensor, frame_hw: Tensor) -> list[Tensor]:
+        """frames uint8 [N, H, W, 3] (padded), frame_hw [N, 2] → N tensors of boxes with p >= min_prob."""
+        return [b[p >= self.min_prob] for b, p in self.scored(frames, frame_hw)]
 
 
 class VisualExtractor(nn.Module):
@@ -109,8 +194,15 @@ class VisualExtractor(nn.Module):
         self.scene = Embedder(c.embed_dim) if "scene" in c.branches else None
         self.detector = FaceDetector(c.min_face_prob, c.min_face_size)
 
+    def load_pretrained(self) -> None:
+        """Initial backbone weights from ``face_init`` / ``scene_init``; called before training, never on export."""
+        if self.face is not None:
+            load_init(self.face.backbone, self.config.face_init)
+        if self.scene is not None:
+            load_init(self.scene.backbone, self.config.scene_init)
+
     def detect(self, frames: Tensor, frame_hw: Tensor) -> list[list[Tensor]]:
-        """Boxes per utterance per frame: [B][T] tensors [k, 4]. Pack-time boxes can stand in for this."""
+        """Boxes per utterance per frame: [B][T] tensors [k, 4]. Stored boxes (m2fdist.faces) can stand in."""
         b, t = frames.shape[:2]
         flat = self.detector(frames.reshape(b * t, *frames.shape[2:]), frame_hw.repeat_interleave(t, dim=0))
         return [flat[i * t : (i + 1) * t] for i in range(b)]

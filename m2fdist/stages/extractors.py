@@ -1,8 +1,12 @@
 """Audio and visual stages: extractors trained with the adaptive-margin triplet loss plus VICReg terms,
-triplets mined in the batch from the emotion labels. Evaluated by leave-one-out k-NN on embeddings."""
+triplets mined in the batch from the emotion labels. Evaluated by leave-one-out k-NN on embeddings.
+
+The visual stage starts its backbones from ``visual.face_init`` / ``visual.scene_init`` and takes face boxes
+from a face set (``m2fdist faces``, ``visual.faces``) where one covers the batch, else from MTCNN."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -10,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.losses import feature_extractor_loss, mine_triplets
 from m2fdist.models.audio import AudioExtractor
 from m2fdist.models.visual import VisualExtractor
@@ -84,8 +89,26 @@ class VisualStage(ExtractorStage):
     name = "visual"
     members = ("json", "mp4")
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._faces: FaceSet | None = None
+        self._faces_opened = False
+
     def build_model(self) -> nn.Module:
         return self.with_heads(VisualExtractor(self.cfg.visual))
+
+    def prepare(self, model: nn.Module) -> None:
+        """Pretrained backbones, and the face set opened now, so a wrong ``visual.faces`` fails before training."""
+        model.load_pretrained()
+        self.face_set()
+
+    def face_set(self) -> FaceSet | None:
+        if not self._faces_opened and "face" in self.cfg.visual.branches:
+            settings = FaceSettings(self.cfg.data.num_frames, self.cfg.visual.min_face_size)
+            self._faces = open_faces(self.cfg.visual.faces, self.cfg.data.shards, settings,
+                                     verbose=int(os.environ.get("RANK", 0)) == 0)
+        self._faces_opened = True
+        return self._faces
 
     def embedding_dims(self) -> list[int]:
         c = self.cfg.visual
@@ -96,7 +119,7 @@ class VisualStage(ExtractorStage):
         frames, hw = to_device(batch["frames"], model), batch["frame_hw"]
         out = []
         if inner.face is not None:
-            boxes = inner.detect(frames, hw)
+            boxes = face_boxes(inner, self.face_set(), batch["keys"], frames, hw)
             # through the engine's forward would re-run MTCNN; the branches are called directly instead
             out.append(F.normalize(inner.face_features(frames, boxes, hw), dim=-1))
         if inner.scene is not None:
