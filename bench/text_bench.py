@@ -120,7 +120,7 @@ def trainer_worker(shards: Path, out: Path, steps: int) -> None:
     cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={minilm_path()}",
                                                  *MINILM_ARGS])
     world = int(os.environ["WORLD_SIZE"])
-    ds = deepspeed_config(cfg, world, "cpu")
+    ds, _ = deepspeed_config(cfg, world, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(cfg.text.model)
     batcher = TextBatcher(tokenizer, cfg.text, cfg.text.max_length, [], decoder=False)
     index = load_index(shards)

@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from m2fdist import atomic
 from m2fdist.data.decode import NUM_FRAMES, ShardDecodeError, decode_sample
 from m2fdist.data.stream import read_samples
 from m2fdist.pack.index import load_index
-from m2fdist.pack.writer import write_json_atomic
 
 FORMAT = 1
 FOLDER = "faces"
@@ -221,13 +221,13 @@ def _write_shard(folder: Path, stem: str, shard: dict[str, Any], settings: FaceS
     with tmp.open("wb") as f:
         np.save(f, boxes, allow_pickle=False)
     os.replace(tmp, npy_path)
-    write_json_atomic(meta_path, {"format": FORMAT, "shard": shard["url"], "shard_bytes": shard.get("bytes"),
+    atomic.write_json(meta_path, {"format": FORMAT, "shard": shard["url"], "shard_bytes": shard.get("bytes"),
                                   "settings": asdict(settings), "keys": done["keys"], "frame_hw": hw,
                                   "counts": counts})
     stats = {"shard": shard["url"], "utterances": len(done["keys"]), "faces": int(len(boxes)),
              "frames_with_face": int(sum(c > 0 for row in counts for c in row)),
              "skipped": done["skipped"], "seconds": round(seconds, 3), "settings": asdict(settings)}
-    write_json_atomic(stats_path, stats)
+    atomic.write_json(stats_path, stats)
     return stats
 
 

@@ -265,12 +265,14 @@ def _extract(shards: Path, export: Path, out: Path, log: Path) -> dict:
 
 
 def _export_predicts_like_the_engine(run: Path, shards: Path, tag: str = "latest") -> int:
-    """The export of the run's last checkpoint gives the probabilities the engine's final evaluation wrote."""
+    """The export of a checkpoint gives the probabilities the engine wrote when it evaluated that checkpoint
+    (``predictions/`` for the best one, ``predictions/last/`` for the last step's)."""
     from m2fdist.data import LoaderConfig, make_loader
     from m2fdist.export import export, load_exported
 
     _, model = load_exported(export(run, tag, run / f"export_{tag}"))
-    live = {r["key"]: r for r in map(json.loads, (run / "predictions" / "dev.jsonl").read_text().splitlines())}
+    written = run / "predictions" / ("last" if tag == "latest" else "") / "dev.jsonl"
+    live = {r["key"]: r for r in map(json.loads, written.read_text().splitlines())}
     loader = make_loader(shards, "dev", LoaderConfig(batch_size=3, num_workers=0, train=False, members=("json",)),
                          rank=0, world_size=1)
     seen = 0

@@ -79,6 +79,12 @@ def _sample_json(u: Utterance, root: Path, enc: Encoded | None) -> dict[str, Any
     return meta
 
 
+def _too_long(duration: float | None, max_seconds: float) -> str:
+    if duration is None:
+        return f"clip runs past --max-seconds {max_seconds:g} (its container declares no duration)"
+    return f"clip is {duration:.1f}s long, past --max-seconds {max_seconds:g}"
+
+
 def _count(u: Utterance, keys: list[str], labels: Counter[str], dialogs: list[str]) -> None:
     """Record a written sample in the shard's stats."""
     keys.append(u.key)
