@@ -37,7 +37,6 @@ def load_model(path: Path) -> dict[str, Any]:
     return {p: load_exported(Path(path) / p) for p in PARTS}
 
 
-@torch.no_grad()
 @dataclass
 class Decoded:
     """One utterance's media as the extractors take it, and what was left out of it."""
@@ -67,6 +66,7 @@ def decode_utterance(u, audio_seconds: float, num_frames: int) -> Decoded:
     return Decoded(torch.from_numpy(wave), frames, note)
 
 
+@torch.no_grad()
 def utterance_features(model: dict[str, Any], utterances: list, decoded: list[Decoded],
                        faces: FaceSet | None = None) -> dict[str, Tensor]:
     """Text, audio and visual features [n, D] of a few decoded utterances, through the same paths as extraction."""
