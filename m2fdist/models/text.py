@@ -320,7 +320,9 @@ class TextModel(nn.Module):
         self.max_length = min(config.max_length, _position_limit(encoder))
         self.decoder = not is_encoder(encoder.config)
         self.pooling = config.pooling or ("last" if self.decoder else "first")
-        self.batcher = TextBatcher(tokenizer, config, self.max_length, self.labels, self.decoder)
+        # no tokenizer: a model that is only given token ids (shape checks, benchmarks)
+        self.batcher = (TextBatcher(tokenizer, config, self.max_length, self.labels, self.decoder)
+                        if tokenizer is not None else None)
         self.frozen = False
 
     @classmethod
@@ -370,8 +372,13 @@ class TextModel(nn.Module):
     def dim(self) -> int:
         return self.encoder.config.hidden_size
 
+    def _tokenizing(self) -> TextBatcher:
+        if self.batcher is None:
+            raise ValueError("this TextModel was built without a tokenizer: give it input_ids")
+        return self.batcher
+
     def input_ids(self, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn]) -> list[int]:
-        return self.batcher.input_ids(target, prev, nxt)
+        return self._tokenizing().input_ids(target, prev, nxt)
 
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         device = next(self.parameters()).device
@@ -380,11 +387,11 @@ class TextModel(nn.Module):
     def tokenize(self, targets: Sequence[Turn], prev: Sequence[Sequence[Turn]],
                  nxt: Sequence[Sequence[Turn]]) -> dict[str, Tensor]:
         """A padded batch (input_ids, attention_mask); turns are strings or {"speaker", "text"} mappings."""
-        return self._to_device(self.batcher(targets, prev, nxt))
+        return self._to_device(self._tokenizing()(targets, prev, nxt))
 
     def tokenize_metas(self, metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         """A padded batch from samples' json metas: text, speaker and the context turns with their speakers."""
-        return self._to_device(self.batcher.from_metas(metas))
+        return self._to_device(self._tokenizing().from_metas(metas))
 
     def sentence_vector(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         kwargs = {}
