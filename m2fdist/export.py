@@ -17,6 +17,7 @@ from torch import nn
 
 from m2fdist import checkpoint
 from m2fdist.config import RunConfig
+from m2fdist.labels import LABELS
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -95,7 +96,7 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
 
         enc = path / "text_encoder"
         encoder = AutoModel.from_config(AutoConfig.from_pretrained(enc), add_pooling_layer=False)
-        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text)
+        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text, LABELS[cfg.dataset])
     else:
         model = STAGES[cfg.stage](cfg).build_model()
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)

@@ -57,11 +57,7 @@ def dialog_features(models: dict[str, torch.nn.Module], batch: dict[str, Any], i
     out = {}
     if "text" in models:
         m = models["text"]
-        metas = batch["meta"][i]
-        inputs = m.tokenize([x["text"] for x in metas],
-                            [[c["text"] for c in x.get("context_prev", [])] for x in metas],
-                            [[c["text"] for c in x.get("context_next", [])] for x in metas])
-        out["text"] = m.sentence_vector(**inputs)
+        out["text"] = m.sentence_vector(**m.tokenize_metas(batch["meta"][i]))
     if "audio" in models:
         out["audio"] = models["audio"](batch["audio"][i, :k], batch["audio_len"][i, :k])
     if "visual" in models:

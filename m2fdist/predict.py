@@ -40,10 +40,8 @@ def predict_dialog(model: dict[str, Any], utterances: list) -> np.ndarray:
     vis_cfg, visual = model["visual"]
     aud_cfg, audio = model["audio"]
     fus_cfg, fusion = model["fusion"]
-    texts = [u.text for u in utterances]
-    prev = [[c["text"] for c in u.extra.get("context_prev", [])] for u in utterances]
-    nxt = [[c["text"] for c in u.extra.get("context_next", [])] for u in utterances]
-    feats = {"text": text.sentence_vector(**text.tokenize(texts, prev, nxt))}
+    metas = [{**u.extra, "text": u.text, "speaker": u.speaker} for u in utterances]  # as packed into the json
+    feats = {"text": text.sentence_vector(**text.tokenize_metas(metas))}
     waves = [torch.from_numpy(audio_from_video(Path(u.video))) for u in utterances]
     lengths = torch.tensor([len(w) for w in waves])
     padded = torch.zeros(len(waves), int(lengths.max()))

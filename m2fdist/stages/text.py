@@ -1,4 +1,4 @@
-"""Text stage: fine-tune RoBERTa (with dialog context) as an utterance classifier; only the json is decoded."""
+"""Text stage: fine-tune a text model (with dialog context) as an utterance classifier; only the json is decoded."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ class TextStage(Stage):
     members = ("json",)
 
     def build_model(self) -> nn.Module:
-        return TextModel.from_pretrained(self.cfg.text)
+        return TextModel.from_pretrained(self.cfg.text, labels=self.names)
 
     def is_pretrained(self, param_name: str) -> bool:
         return param_name.startswith("encoder.")
 
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         inner = getattr(model, "module", model)  # the DeepSpeed engine wraps the TextModel
-        inputs = inner.tokenize(batch["text"], batch["context_prev"], batch["context_next"])
+        inputs = inner.tokenize_metas(batch["meta"])  # speakers of the target and its context included
         return model(**inputs)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
