@@ -191,11 +191,12 @@ def read_policy(cfg: RunConfig, skip_log: str | None = None) -> Any:
         raise ConfigError(f"data.{e}") from None
 
 
-def check_shards(cfg: RunConfig) -> None:
+def check_shards(cfg: RunConfig) -> dict[str, Any] | None:
     """``data.shards`` is an allowed location whose index.json is for ``dataset`` (name and labels).
 
     Run before any process group starts, so a config pointed at the wrong corpus fails at once, not after
-    a launch (or worse, trains with the other corpus's label ids).
+    a launch (or worse, trains with the other corpus's label ids). Returns the index (None for an extract
+    config whose shards are not packed yet), for further checks against what the shards hold.
     """
     from m2fdist.data.source import ShardError, ShardSource
     from m2fdist.pack.index import load_index
@@ -205,7 +206,7 @@ def check_shards(cfg: RunConfig) -> None:
         index = load_index(source)
     except FileNotFoundError:
         if cfg.stage == "extract":
-            return  # extraction says so itself
+            return None  # extraction says so itself
         raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there (pack the corpus, or for the "
                           "fusion stage run `m2fdist extract`, first)") from None
     except (ShardError, ValueError) as e:
@@ -215,6 +216,7 @@ def check_shards(cfg: RunConfig) -> None:
         raise ConfigError(f"dataset={cfg.dataset} (labels {', '.join(names)}), but {source.url('index.json')} "
                           f"is for {index.get('dataset')!r} with labels {index.get('label_names')}: "
                           "set dataset= to match the shards, or point data.shards at the right ones")
+    return index
 
 
 def device_kind() -> str:
