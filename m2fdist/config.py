@@ -275,7 +275,8 @@ def check_shards(cfg: RunConfig) -> dict[str, Any] | None:
     """``data.shards`` is an allowed location whose index.json is for ``dataset`` (name and labels).
 
     Run before any process group starts, so a config pointed at the wrong corpus fails at once, not after
-    a launch (or worse, trains with the other corpus's label ids).
+    a launch (or worse, trains with the other corpus's label ids). Returns the index (None for an extract
+    config whose shards are not packed yet), for further checks against what the shards hold.
     """
     from m2fdist.data.source import ShardError, ShardSource
     from m2fdist.pack.index import load_index
