@@ -175,11 +175,12 @@ def test_backbones_start_from_local_weight_files(meld_shards, tmp_path):
     load_config("configs/tiny/visual.yaml", [f"data.shards={meld_shards[0]}", *named])
 
 
-def test_loss_recipe_is_one_switch(meld_shards):
+def test_loss_recipe_is_one_switch(meld_shards, iemocap_shards):
     shards = f"data.shards={meld_shards[0]}"
+    by_dataset = {"meld": shards, "iemocap": f"data.shards={iemocap_shards[0]}"}  # a config must match its shards
     for stage in ("audio", "visual"):
         for dataset in ("meld", "iemocap"):
-            t = load_config(f"configs/{dataset}/{stage}.yaml", [shards]).triplet
+            t = load_config(f"configs/{dataset}/{stage}.yaml", [by_dataset[dataset]]).triplet
             assert (t.recipe, t.weights, t.ce_weight) == ("vicreg_ce", [0.0, 5.0, 1.0], 1.0)
     t = load_config("configs/meld/audio.yaml", [shards, "triplet.recipe=paper"]).triplet
     assert (t.weights, t.ce_weight) == ([20.0, 5.0, 1.0], 0.0)

@@ -119,7 +119,7 @@ def test_pooling_follows_the_mask_for_either_padding_side():
     assert pool(hidden, left, "mean")[:, 0].tolist() == [2, 6.5]
 
 
-def test_text_config_values_are_checked(meld_shards):
+def test_text_config_values_are_checked(meld_shards, iemocap_shards):
     shards = f"data.shards={meld_shards[0]}"
     for override, message in (("text.pooling=max", "text.pooling"), ("text.input_format=chat", "text.input_format")):
         with pytest.raises(ConfigError, match=message):
@@ -127,7 +127,8 @@ def test_text_config_values_are_checked(meld_shards):
     cfg = load_config("configs/tiny/text.yaml", [shards, "text.pooling=last", "text.input_format=sep_speaker"])
     assert (cfg.text.pooling, cfg.text.input_format) == ("last", "sep_speaker")
     for dataset in ("meld", "iemocap"):  # the 8B LoRA configs hold only keys the schema knows, and valid values
-        cfg = load_config(f"configs/{dataset}/text_llm.yaml", [shards])
+        shards_of = {"meld": meld_shards[0], "iemocap": iemocap_shards[0]}  # a config must match its shards
+        cfg = load_config(f"configs/{dataset}/text_llm.yaml", [f"data.shards={shards_of[dataset]}"])
         assert (cfg.text.finetune, cfg.text.input_format, cfg.dataset) == ("lora", "prompt", dataset)
         assert json.loads(Path(cfg.deepspeed).read_text())["zero_optimization"]["stage"] == 3
     for name in ("zero3_offload", "zero3_offload_params"):

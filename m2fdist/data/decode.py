@@ -58,6 +58,8 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
         frames = from_dlpack(reader.get_batch(idx.tolist()).to_dlpack()).numpy()
         if max_mpixels is not None and size is None:
             _check_clip(n, (frames.shape[2], frames.shape[1]), max_mpixels)
+    except (MediaError, ShardDecodeError):
+        raise
     except (decord.DECORDError, RuntimeError) as e:  # decord raises plain RuntimeErrors for some files too
         raise MediaError(f"decord could not read the video: {str(e).splitlines()[0][:200]}") from e
     return frames

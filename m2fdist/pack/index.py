@@ -68,7 +68,7 @@ def load_index(shards: str | Path | Any) -> dict[str, Any]:
 
 def packed_modalities(index: dict[str, Any]) -> tuple[str, ...]:
     """What the samples hold: ("text",) for json-only shards; indexes written before the option hold all three."""
-    return tuple(index["options"].get("modalities", "text,audio,visual").split(","))
+    return tuple(index.get("options", {}).get("modalities", "text,audio,visual").split(","))
 
 
 def summary(index: dict[str, Any]) -> str:
