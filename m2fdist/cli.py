@@ -1,4 +1,4 @@
-"""The ``m2fdist`` command: one subcommand per step of the data flow (DESIGN §2).
+"""The ``m2fdist`` command: one subcommand per step of the data flow.
 
 Heavy imports happen inside each subcommand so ``m2fdist --help`` answers at once.
 """
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=_size, default=(320, 180), help="frame size WxH (MELD's clips are 1280x720)")
     s.add_argument("--fps", type=_positive(int), default=24)
-    s.add_argument("--bad-files", action="store_true", help="plant MELD's known bad files (DESIGN §4)")
+    s.add_argument("--bad-files", action="store_true", help="plant MELD's known bad files")
     s.add_argument("--workers", type=_positive(int), default=2)
     s.set_defaults(func=cmd_synth)
 

@@ -1,4 +1,4 @@
-"""Losses: the classifiers' cross-entropy (class weights, focal), and the feature extractors' loss (DESIGN §3):
+"""Losses: the classifiers' cross-entropy (class weights, focal), and the feature extractors' loss:
 adaptive-margin triplet loss plus VICReg's variance and covariance terms, and in-batch triplet mining from
 emotion labels.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from m2fdist import atomic
 
-# Test-set accuracy / weighted F1 published in the M2FNet paper (DESIGN §3).
+# Test-set accuracy / weighted F1 published in the M2FNet paper.
 PAPER = {
     "meld": {"T": (67.24, 66.23), "A": (49.04, 39.63), "V": (45.63, 32.44), "T+A+V fused": (67.85, 66.71)},
     "iemocap": {"T": (66.30, 66.20), "A": (26.56, 21.79), "V": (20.39, 13.10), "T+A+V fused": (69.69, 69.86)},

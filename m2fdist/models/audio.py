@@ -1,4 +1,4 @@
-"""Audio feature extractor (DESIGN §3): waveform → (training only) time warp and white noise → log-mel
+"""Audio feature extractor: waveform → (training only) time warp and white noise → log-mel
 "image" (window 400, hop 160, 128 mels at 16 kHz) → 3 channels → ResNet18 + linear → 300-d, L2-normalised.
 
 Each waveform is cropped or zero-padded to ``seconds`` on its own before anything else, so a clip's

@@ -1,4 +1,4 @@
-"""M2FNet's dialog level (DESIGN §3): per-modality Transformers over a dialog's utterances, m attention
+"""M2FNet's dialog level: per-modality Transformers over a dialog's utterances, m attention
 fusion layers, and the classifier.
 
 Inputs are per-utterance features [B, K, D] for a batch of B dialogs padded to K utterances, with

@@ -1,4 +1,4 @@
-"""Text model (DESIGN §3): a Hugging Face text model fine-tuned as an utterance classifier, fed the utterance
+"""Text model: a Hugging Face text model fine-tuned as an utterance classifier, fed the utterance
 with up to k previous and k next utterances of its dialog.
 
 Input formats (``text.input_format``):

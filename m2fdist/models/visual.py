@@ -1,4 +1,4 @@
-"""Visual feature extractor (DESIGN §3): faces and scene over an utterance's 15 frames.
+"""Visual feature extractor: faces and scene over an utterance's 15 frames.
 
 Face branch: MTCNN (facenet-pytorch, its bundled weights) finds the faces of each frame; each face crop
 goes through the face extractor; the embeddings are weighted by their box area normalised to [0, 1]

@@ -46,7 +46,7 @@ class Utterance:
         return max(0.0, self.end - self.start)
 
     def meta(self) -> dict[str, Any]:
-        """The json fields every sample carries (DESIGN §5), before packing adds its own."""
+        """The json fields every sample carries, before packing adds its own."""
         d = asdict(self)
         for k in ("video", "audio", "cut_start", "cut_end", "extra", "key"):
             d.pop(k)

@@ -1,4 +1,4 @@
-"""Reader for IEMOCAP_full_release (DESIGN §4).
+"""Reader for IEMOCAP_full_release.
 
 Labels and time spans come from ``dialog/EmoEvaluation``, text from ``dialog/transcriptions``, audio
 from ``sentences/wav`` and video from the dialog's avi, out of which the packer cuts each turn's span.

@@ -1,4 +1,4 @@
-"""Reader for the MELD.Raw tree (DESIGN §4).
+"""Reader for the MELD.Raw tree.
 
 MELD's CSVs are cp1252, not UTF-8 (0x92 is ’, 0x85 is …), and its clip folders hold files that do not
 match the CSVs: twins named ``final_videos_test*``, clips without a row, rows without a clip. The
