@@ -176,3 +176,50 @@ def test_iemocap_text_only_needs_no_media(iemocap_raw, tmp_path):
     u = text.utterances("train")[0]
     assert u.audio is None and u.meta()["source"].endswith(f"transcriptions/{u.dialog}.txt")
     assert {s.reason for s in read_iemocap(bare).skipped} >= {"dialog video missing"}  # with media: all skipped
+
+
+def test_iemocap_root_is_found_one_or_two_levels_down(iemocap_raw, tmp_path, capsys):
+    """Archives unpack with varying nesting: --root may be the folder above IEMOCAP_full_release, or two above."""
+    root, _ = iemocap_raw
+    whole = read_iemocap(root)
+    want = {u.key for s in whole.splits for u in whole.utterances(s)}
+    one, two = tmp_path / "one", tmp_path / "two" / "IEMOCAP"
+    for parent in (one, two):
+        parent.mkdir(parents=True)
+        (parent / "IEMOCAP_full_release").symlink_to(root, target_is_directory=True)
+        (parent / "notes").mkdir()  # a sibling without sessions is passed over
+    capsys.readouterr()
+    for given in (one, tmp_path / "two"):
+        corpus = read_iemocap(given)
+        assert {u.key for s in corpus.splits for u in corpus.utterances(s)} == want
+        assert capsys.readouterr().err.strip().endswith("IEMOCAP_full_release")  # says which folder it used
+    # three levels down is too deep, and the error names what it looked for
+    deep = tmp_path / "deep" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "IEMOCAP_full_release").symlink_to(root, target_is_directory=True)
+    with pytest.raises(FileNotFoundError, match=r"no Session1..Session5 folders in .*deep or up to two levels "
+                                                r"below it \(looked for IEMOCAP_full_release/Session1"):
+        read_iemocap(tmp_path / "deep")
+
+
+def test_pack_iemocap_finds_the_release_below_root(iemocap_raw, tmp_path, capsys):
+    from m2fdist.cli import main as cli
+
+    root, _ = iemocap_raw
+    (tmp_path / "dl" / "IEMOCAP").mkdir(parents=True)
+    (tmp_path / "dl" / "IEMOCAP" / "IEMOCAP_full_release").symlink_to(root, target_is_directory=True)
+    out = tmp_path / "shards"
+    assert cli(["pack", "iemocap", "--root", str(tmp_path / "dl"), "--out", str(out), "--modalities", "text",
+                "--no-progress"]) == 0
+    assert f"IEMOCAP: reading {tmp_path / 'dl' / 'IEMOCAP' / 'IEMOCAP_full_release'}" in capsys.readouterr().err
+    assert (out / "index.json").is_file()
+
+
+def test_meld_reader_says_which_folders_it_used(meld_raw, tmp_path, capsys):
+    root, _ = meld_raw
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "MELD.Raw").symlink_to(root, target_is_directory=True)
+    read_meld(tmp_path, splits=("dev",))
+    said = capsys.readouterr().err
+    assert f"MELD dev: reading {tmp_path / 'x' / 'MELD.Raw' / 'dev_sent_emo.csv'}" in said
+    assert f"clips in {tmp_path / 'x' / 'MELD.Raw' / 'dev_splits_complete'}" in said

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from pathlib import Path
 
 from m2fdist.labels import label_id
@@ -53,18 +54,36 @@ def dev_dialogs(train_dialogs: list[str], fraction: float, seed: int) -> set[str
     return set(names[: round(fraction * len(names))])
 
 
+def find_root(root: Path) -> Path:
+    """The folder holding Session1..Session5: ``root`` itself, or a folder up to two levels below it (archives
+    unpack as ``IEMOCAP_full_release/`` or ``IEMOCAP/IEMOCAP_full_release/``), ``IEMOCAP_full_release`` first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"IEMOCAP root {root} is not a directory")
+
+    def has_sessions(p: Path) -> bool:
+        return any(c.is_dir() and _SESSION.match(c.name) for c in p.iterdir())
+
+    if has_sessions(root):
+        return root
+    for depth in ("*", "*/*"):
+        hits = sorted(p for p in root.glob(depth) if p.is_dir() and has_sessions(p))
+        if hits:
+            named = [p for p in hits if p.name == "IEMOCAP_full_release"]
+            return (named or hits)[0]
+    raise FileNotFoundError(f"no Session1..Session5 folders in {root} or up to two levels below it (looked for "
+                            "IEMOCAP_full_release/Session1...): give the IEMOCAP_full_release folder or one above it")
+
+
 def read_iemocap(
     root: Path, context: int = 8, dev_fraction: float = 0.1, dev_seed: int = 0, test_session: int = 5,
     media: bool = True,
 ) -> Corpus:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"IEMOCAP root {root} is not a directory")
+    root = find_root(root)
+    print(f"IEMOCAP: reading {root}", file=sys.stderr)
     sessions = sorted(
         (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _SESSION.match(p.name))
     )
-    if not sessions:
-        raise FileNotFoundError(f"no Session1..Session5 folders under {root}; is this IEMOCAP_full_release?")
     skipped: list[Skip] = []
     per_dialog: dict[str, tuple[int, list[Utterance]]] = {}
     for number, session in sessions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 from pathlib import Path
 
 from m2fdist.labels import label_id
@@ -80,6 +81,8 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
             raise FileNotFoundError(
                 f"found {csv_path} but no {CLIP_DIRS[split]}/ folder under {root}: unpack the {split} clips"
             )
+        print(f"MELD {split}: reading {csv_path}" + (f" and the clips in {clip_dir}" if clip_dir else ""),
+              file=sys.stderr)
         dialogs, split_skips = _read_split(split, csv_path, clip_dir, require_labels)
         add_context(dialogs, context)
         result[split] = dialogs
