@@ -33,11 +33,10 @@ from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
 from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
+from m2fdist.modalities import NAMES as MODALITIES
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
 from m2fdist.train import parse_args
-
-MODALITIES = ("text", "audio", "visual")
 
 
 def load_extractors(cfg: RunConfig, device: str) -> dict[str, torch.nn.Module]:

@@ -67,7 +67,7 @@ def load(path: Path, overrides: list[str]) -> PipelineConfig:
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig):
-        from m2fdist.pack.writer import MODALITIES
+        from m2fdist.modalities import PACKED as MODALITIES
 
         if cfg.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-MODALITIES = ("text", "audio", "visual")
+from m2fdist.modalities import BY_LETTER, LETTERS
 
 
 @dataclass
@@ -42,7 +42,7 @@ class DialogConfig:
 
     def __post_init__(self) -> None:
         mods = self.modalities.upper()
-        if not mods or set(mods) - set("TAV") or len(set(mods)) != len(mods):
+        if not mods or set(mods) - set(LETTERS) or len(set(mods)) != len(mods):
             raise ValueError(f"modalities must be a subset of 'TAV', got {self.modalities!r}")
         if self.fusion not in ("attention", "concat"):
             raise ValueError(f"fusion must be 'attention' or 'concat', not {self.fusion!r}")
@@ -125,7 +125,7 @@ class M2FNetDialog(nn.Module):
     def __init__(self, config: DialogConfig):
         super().__init__()
         self.config = c = config
-        dims = {"T": c.dim_text, "A": c.dim_audio, "V": c.dim_visual}
+        dims = {m: getattr(c, BY_LETTER[m].dim_key) for m in c.modalities}
         self.standardize = nn.ModuleDict({m: Standardize(dims[m]) for m in c.modalities} if c.standardize else {})
         self.encoders = nn.ModuleDict({
             m: ModalityEncoder(dims[m], c.num_layers, c.num_heads, c.ffn_mult, c.dropout) for m in c.modalities
@@ -144,7 +144,7 @@ class M2FNetDialog(nn.Module):
     def forward(self, mask: Tensor, text: Tensor | None = None, audio: Tensor | None = None,
                 visual: Tensor | None = None) -> Tensor:
         given = {"T": text, "A": audio, "V": visual}
-        missing = [MODALITIES["TAV".index(m)] for m in self.config.modalities if given[m] is None]
+        missing = [BY_LETTER[m].name for m in self.config.modalities if given[m] is None]
         if missing:
             raise ValueError(f"modalities {self.config.modalities} need {', '.join(missing)} features")
         mask = mask.bool()
