@@ -211,9 +211,9 @@ EXTRACT_RANGES = (("data.num_workers", 0, True), ("data.num_frames", 0, True), (
 def load_extract_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExtractConfig:
     """An extraction config, checked against the shards and the exports, ``data.num_frames`` resolved.
 
-    Older extract YAMLs carry ``stage: extract``; it is accepted and dropped.
+    Older extract YAMLs carry ``stage: extract`` and an ``output_dir``; both are accepted and dropped.
     """
-    cfg: ExtractConfig = _merge(ExtractConfig, path, overrides, legacy={"stage": "extract"})
+    cfg: ExtractConfig = _merge(ExtractConfig, path, overrides, legacy={"stage": "extract", "output_dir": None})
     check_extract_config(cfg)
     return cfg
 
@@ -262,11 +262,11 @@ def export_run_config(key: str, path: str) -> dict[str, Any]:
 
 
 def _merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[str, ...],
-           legacy: dict[str, str] | None = None) -> Any:
+           legacy: dict[str, str | None] | None = None) -> Any:
     """Schema ← YAML file ← ``key=value`` overrides, turned into an instance of ``schema``.
 
     ``legacy`` names top-level YAML keys that older files carry and this schema drops (key → the one value
-    accepted); any other value of such a key is an error saying which command the file is for.
+    dropped, None for any value); another value stays and is reported as an unknown key.
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -292,7 +292,7 @@ def _merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[s
         raise ConfigError(str(e).splitlines()[0]) from None
 
 
-def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, str]) -> None:
+def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, str | None]) -> None:
     """A training config given to extraction or the other way round: say so, not "unknown key"."""
     from omegaconf import DictConfig
 
@@ -305,7 +305,7 @@ def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, s
         raise ConfigError(f"{path} is a {stage} training config: extraction takes an extract config "
                           "(configs/<dataset>/extract.yaml)")
     for key, accepted in legacy.items():
-        if loaded.get(key) == accepted:
+        if key in loaded and accepted in (None, loaded[key]):
             del loaded[key]
 
 

@@ -168,5 +168,5 @@ def test_extract_config_is_its_own_type(tmp_path):
         load_extract_config("configs/tiny/extract.yaml", [*args, "train.epochs=2"])
     # extract YAMLs written before ExtractConfig (with `stage: extract`) still load
     legacy = tmp_path / "legacy.yaml"
-    legacy.write_text("stage: extract\n" + Path("configs/tiny/extract.yaml").read_text())
+    legacy.write_text("stage: extract\noutput_dir: runs/x\n" + Path("configs/tiny/extract.yaml").read_text())
     assert load_extract_config(legacy, args).extract.audio == str(audio)
