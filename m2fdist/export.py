@@ -37,6 +37,7 @@ def run_config(run_dir: Path) -> RunConfig:
 def from_dict(raw: dict[str, Any]) -> RunConfig:
     from omegaconf import OmegaConf
 
+    raw = {k: v for k, v in raw.items() if k != "extract"}  # runs saved before extraction had its own config
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
 
 

@@ -4,6 +4,9 @@ write dialog feature shards for the fusion stage.
     deepspeed --num_gpus N launch/extract.py --config configs/meld/extract.yaml [key=value ...]
     python -m m2fdist.extract --config ...                                   (one process)
 
+Its config is an :class:`~m2fdist.config.ExtractConfig` (``--help`` lists the keys); the frame count comes
+from the visual export, what that model was trained with.
+
 Dialogs are spread over ranks (each exactly once) and read in chunks of at most ``extract.chunk_utterances``
 utterances (:mod:`m2fdist.data.chunks`), so memory does not grow with a dialog's length; a dialog's feature
 rows are put together as its chunks come and written when its last utterance has been seen. Face boxes come
@@ -27,20 +30,19 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from m2fdist import atomic, runtime
-from m2fdist.config import ConfigError, RunConfig, load_config
+from m2fdist.config import ConfigError, ExtractConfig, load_extract_config
+from m2fdist.confighelp import config_parser, print_config
 from m2fdist.data.chunks import chunk_loader
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.export import load_exported
 from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
+from m2fdist.modalities import NAMES as MODALITIES
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.raw.base import make_key
-from m2fdist.train import parse_args
-
-MODALITIES = ("text", "audio", "visual")
 
 
-def load_extractors(cfg: RunConfig, device: str) -> dict[str, torch.nn.Module]:
+def load_extractors(cfg: ExtractConfig, device: str) -> dict[str, torch.nn.Module]:
     models = {}
     for name in MODALITIES:
         path = getattr(cfg.extract, name)
@@ -111,7 +113,7 @@ def shard_name(split: str, rank: int, world: int) -> str:
     return f"{split}-r{rank:03d}of{world:03d}"
 
 
-def run(cfg: RunConfig) -> None:
+def run(cfg: ExtractConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = load_extractors(cfg, device)
@@ -157,7 +159,7 @@ def run(cfg: RunConfig) -> None:
     dist.barrier()
 
 
-def write_index(out: Path, cfg: RunConfig, world: int) -> None:
+def write_index(out: Path, cfg: ExtractConfig, world: int) -> None:
     names = list(LABELS[cfg.dataset])
     splits: dict[str, Any] = {}
     dims: dict[str, int] = {}
@@ -181,21 +183,17 @@ def write_index(out: Path, cfg: RunConfig, world: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    runtime.single_process_env()
+    args = config_parser("m2fdist extract", __doc__.splitlines()[0], ExtractConfig(),
+                         "YAML extraction config (configs/<dataset>/extract.yaml)").parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        if cfg.stage != "extract":
-            raise ConfigError(f"{args.config} is a {cfg.stage} config; extraction takes stage: extract")
-        if not (Path(cfg.data.shards) / "index.json").is_file():
-            raise ConfigError(f"data.shards={cfg.data.shards}: no index.json there; pack the corpus first")
-        for name in MODALITIES:
-            path = getattr(cfg.extract, name)
-            if path and not (Path(path) / "model.safetensors").is_file():
-                raise ConfigError(f"extract.{name}={path}: no exported model there (run `m2fdist export RUN`)")
+        cfg = load_extract_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"m2fdist extract: config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    runtime.single_process_env()
     with runtime.started():
         run(cfg)
     runtime.shutdown(0)

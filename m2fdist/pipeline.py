@@ -34,22 +34,22 @@ ABLATIONS: dict[str, list[str]] = {
 
 @dataclass
 class PipelineConfig:
-    dataset: str = "meld"
+    dataset: str = "meld"  # meld or iemocap
     raw: str = ""  # raw tree, packed when the shards are missing
-    shards: str = "shards/meld"
-    features: str = "shards/meld_features"
-    runs: str = "runs/meld"
+    shards: str = "shards/meld"  # utterance shards (packed from raw when missing)
+    features: str = "shards/meld_features"  # dialog feature shards the extract step writes
+    runs: str = "runs/meld"  # one folder per stage under it, the bundle (model/) and the report
     num_gpus: int = 1  # processes per stage launch (CPU processes with DS_ACCELERATOR=cpu)
-    pack_workers: int = 4
-    max_side: int = 320
+    pack_workers: int = 4  # parallel encoding processes when packing
+    max_side: int = 320  # packing re-encodes video so its longer side is at most this
     tiny_text: bool = False  # build a tiny local RoBERTa into runs/roberta (no hub access needed)
-    text: str = "configs/meld/text.yaml"
-    audio: str = "configs/meld/audio.yaml"
-    visual: str = "configs/meld/visual.yaml"
-    extract: str = "configs/meld/extract.yaml"
-    fusion: str = "configs/meld/fusion.yaml"
+    text: str = "configs/meld/text.yaml"  # the text stage's run config
+    audio: str = "configs/meld/audio.yaml"  # the audio stage's run config
+    visual: str = "configs/meld/visual.yaml"  # the visual stage's run config
+    extract: str = "configs/meld/extract.yaml"  # the extraction config
+    fusion: str = "configs/meld/fusion.yaml"  # the fusion stage's run config
     overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage: extra key=value
-    ablations: bool = True
+    ablations: bool = True  # also train the T, A, V and concatenation rows of the paper's ablation table
     modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → report
 
 
@@ -67,7 +67,7 @@ def load(path: Path, overrides: list[str]) -> PipelineConfig:
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig):
-        from m2fdist.pack.writer import MODALITIES
+        from m2fdist.modalities import PACKED as MODALITIES
 
         if cfg.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
@@ -188,7 +188,11 @@ class Pipeline:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="m2fdist pipeline", description=__doc__.splitlines()[0])
+    from m2fdist.confighelp import keys_help  # every key of PipelineConfig in --help
+
+    p = argparse.ArgumentParser(prog="m2fdist pipeline", description=__doc__.splitlines()[0],
+                                epilog=keys_help(PipelineConfig()),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, required=True, help="configs/<dataset>/pipeline.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     args = p.parse_args(argv)

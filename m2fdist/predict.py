@@ -127,7 +127,7 @@ def predict_dialog(model: dict[str, Any], utterances: list, chunk: int = 16, fac
     if not good:
         return {}, reasons, notes
     feats = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-    mods = {"T": "text", "A": "audio", "V": "visual"}
+    from m2fdist.modalities import NAME_OF as mods
     inputs = {mods[m]: feats[mods[m]][None].float() for m in fus_cfg.fusion.modalities}
     logits = fusion(torch.ones(1, len(good), dtype=torch.bool), **inputs)[0]
     return dict(zip([u.key for u in good], logits.softmax(-1).numpy(), strict=True)), reasons, notes

@@ -27,7 +27,7 @@ PAPER = {
 ROWS = [("T", "fusion_T"), ("A", "fusion_A"), ("V", "fusion_V"), ("T+A+V concatenated", "fusion_TAV_concat"),
         ("T+A+V fused", "fusion")]
 TEXT_ONLY_ROWS = [("T", "text")]
-MODALITY_NAMES = {"T": "text", "A": "audio", "V": "visual"}
+from m2fdist.modalities import NAME_OF as MODALITY_NAMES  # noqa: E402
 
 
 def covered(stage: str, cfg: dict[str, Any]) -> str:

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from m2fdist import atomic, checkpoint, runtime
-from m2fdist.config import ConfigError, RunConfig, deepspeed_config, load_config
+from m2fdist.config import ConfigError, RunConfig, check_model_paths, deepspeed_config, load_config
+from m2fdist.confighelp import config_parser, print_config
 from m2fdist.evaluate import Outputs, collect, prediction_rows, score
 from m2fdist.precision import Precision
 from m2fdist.stages import STAGES
@@ -50,20 +51,20 @@ class State:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="m2fdist train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="YAML run config (configs/<dataset>/<stage>.yaml)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
-    return p.parse_args(argv)
+    """``--config FILE [key=value ...] [--print-config]``; ``--help`` lists every config key (m2fdist.confighelp)."""
+    return config_parser("m2fdist train", __doc__.splitlines()[0], RunConfig(),
+                         "YAML run config (configs/<dataset>/<stage>.yaml)").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    runtime.single_process_env()
     try:
         cfg = load_config(args.config, args.overrides)
-        if cfg.stage == "extract":
-            raise ConfigError("stage=extract runs with `m2fdist extract` / launch/extract.py, not the trainer")
+        check_model_paths(cfg)
+        if args.print_config:
+            print_config(cfg)
+            return 0
+        runtime.single_process_env()
         ds_config, precision = deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]))
         check_resume(cfg)
     except ConfigError as e:

@@ -105,3 +105,49 @@ def features(work, text_run, audio_run, visual_run) -> Path:
     return out
 
 
+
+
+# -- dialog features written in-process (extraction's format), for config checks without a launch -----------
+
+TINY_DIMS = {"text": 32, "audio": 16, "visual": 32}
+
+
+def write_features(out: Path, dims: dict[str, int], dialogs: int = 2, utterances: int = 3) -> Path:
+    """A features folder as `m2fdist extract` writes it (random features, one shard per split, index.json)."""
+    import json
+
+    import numpy as np
+
+    from m2fdist.config import ExtractConfig
+    from m2fdist.data.features import FeatureShardWriter
+    from m2fdist.extract import write_index
+    from m2fdist.labels import LABELS
+
+    rng = np.random.default_rng(0)
+    names = LABELS["meld"]
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        writer = FeatureShardWriter(out / f"{split}-r000of001.tar")
+        labels = dict.fromkeys(names, 0)
+        for d in range(dialogs):
+            y = rng.integers(0, len(names), utterances)
+            feats = {n: rng.normal(size=(utterances, dim)).astype(np.float32) for n, dim in dims.items()}
+            keys = [f"meld_{split}_d{d:04d}_u{u:02d}" for u in range(utterances)]
+            meta = {"dataset": "meld", "split": split, "dialog": str(d), "keys": keys}
+            writer.write(f"meld_{split}_dialog_{d}", meta, {**feats, "labels": y})
+            for v in y:
+                labels[names[v]] += 1
+        writer.close()
+        stats = {"shard": f"{split}-r000of001.tar", "split": split, "count": dialogs, "dialogs": dialogs,
+                 "utterances": dialogs * utterances, "labels": labels, "dims": dims}
+        (out / f"{split}-r000of001.stats.json").write_text(json.dumps(stats))
+    cfg = ExtractConfig()
+    cfg.data.shards = "in-process"
+    write_index(out, cfg, world=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tmp_path_factory) -> Path:
+    """Dialog features of the tiny extractors' widths (text 32, audio 16, visual 32), written in-process."""
+    return write_features(tmp_path_factory.mktemp("tiny_features"), TINY_DIMS)

@@ -46,12 +46,12 @@ def one_process(monkeypatch):
         monkeypatch.setenv(k, v)
 
 
-def test_fresh_run_refuses_an_earlier_runs_folder(meld_shards, tmp_path, capsys, one_process):
+def test_fresh_run_refuses_an_earlier_runs_folder(tiny_features, tmp_path, capsys, one_process):
     from m2fdist.train import main
 
     out = fake_run(tmp_path / "run", [40, 60])
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
-    args = ["--config", "configs/tiny/fusion.yaml", f"data.shards={meld_shards[0]}", f"output_dir={out}"]
+    args = ["--config", "configs/tiny/fusion.yaml", f"data.shards={tiny_features}", f"output_dir={out}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "holds an earlier run (checkpoints, metrics.jsonl)" in err and "resume=auto" in err
@@ -66,10 +66,10 @@ def test_prune_never_removes_the_runs_own_saves(tmp_path):
     assert checkpoint.complete_tags(ckpts) == ["step00000001", "step00000003"]
 
 
-def test_resume_says_what_changed_and_refuses_what_breaks_it(meld_shards, tmp_path, capsys, one_process):
+def test_resume_says_what_changed_and_refuses_what_breaks_it(tiny_features, tmp_path, capsys, one_process):
     from m2fdist.train import check_resume, main
 
-    base = [f"data.shards={meld_shards[0]}", "data.batch_size=2"]
+    base = [f"data.shards={tiny_features}", "data.batch_size=2"]
     saved = load_config("configs/tiny/fusion.yaml", [*base, f"output_dir={tmp_path / 'run'}"]).to_dict()
     out = fake_run(tmp_path / "run", [4], config=saved)
     args = ["--config", "configs/tiny/fusion.yaml", *base, f"output_dir={out}", "resume=auto"]

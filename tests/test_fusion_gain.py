@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launching import ROOT, run
+from launching import run
 
-from m2fdist.config import load_config
+from m2fdist.config import ExtractConfig
 from m2fdist.data.features import FeatureShardWriter
 from m2fdist.extract import write_index
 from m2fdist.labels import LABELS
@@ -60,7 +60,8 @@ def cue_features(tmp_path_factory) -> Path:
         stats = {"shard": f"{split}-r000of001.tar", "split": split, "count": writer.count, "dialogs": writer.count,
                  "utterances": len(utts), "labels": counts, "dims": DIMS}
         (out / f"{split}-r000of001.stats.json").write_text(json.dumps(stats))
-    cfg = load_config(str(ROOT / "configs/tiny/extract.yaml"), [f"extract.out={out}", "data.shards=synthetic-cue-plan"])
+    cfg = ExtractConfig()
+    cfg.extract.out, cfg.data.shards = str(out), "synthetic-cue-plan"
     write_index(out, cfg, world=1)
     return out
 

@@ -71,14 +71,13 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
     assert (runs / "model" / "fusion" / "model.safetensors").is_file()
 
 
-def test_fusion_dims_must_match_the_features(features):
+def test_fusion_dims_come_from_the_features(features):
     from m2fdist.config import ConfigError, load_config
-    from m2fdist.models.dialog import M2FNetDialog
-    from m2fdist.stages.fusion import FusionStage
 
-    cfg = load_config("configs/meld/fusion.yaml", [f"data.shards={features}"])  # paper size: D_T 1024
+    cfg = load_config("configs/meld/fusion.yaml", [f"data.shards={features}"])  # sets no dims: from index.json
+    assert (cfg.fusion.dim_text, cfg.fusion.dim_audio, cfg.fusion.dim_visual) == (32, 16, 32)
     with pytest.raises(ConfigError, match="fusion.dim_text=1024, but the text features in .* are 32-d"):
-        FusionStage(cfg).prepare(M2FNetDialog(cfg.fusion))
+        load_config("configs/meld/fusion.yaml", [f"data.shards={features}", "fusion.dim_text=1024"])
 
 
 def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):

@@ -39,8 +39,8 @@ from m2fdist.precision import cpu_native_bf16
 # -- configuration errors: found before any process group ----------------------------------------------
 
 
-def test_config_errors_are_clear(meld_shards, tmp_path):
-    shards = f"data.shards={meld_shards[0]}"
+def test_config_errors_are_clear(tiny_features, tmp_path):
+    shards = f"data.shards={tiny_features}"
     cases = [
         (["nosuch.key=1"], "nosuch"),
         (["train.max_steps=lots"], "max_steps"),
@@ -48,7 +48,7 @@ def test_config_errors_are_clear(meld_shards, tmp_path):
         (["precision=fp16"], "fp16 needs a GPU"),
         (["stage=dance"], "stage must be one of"),
         (["fusion.modalities=AV"], "fusion=concat"),
-        (["data.shards=/nowhere"], "no index.json"),
+        (["data.shards=/nowhere"], "data.shards=/nowhere: no such folder"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -67,9 +67,9 @@ def test_config_errors_are_clear(meld_shards, tmp_path):
     assert proc.returncode == 2 and "config error" in proc.stderr and "epochs" in proc.stderr
 
 
-def test_precision_follows_the_hardware(meld_shards):
+def test_precision_follows_the_hardware(tiny_features):
     """precision=auto: bf16 only where the device computes it natively; explicit choices and fp16 JSONs on GPUs."""
-    shards = f"data.shards={meld_shards[0]}"
+    shards = f"data.shards={tiny_features}"
 
     def chosen(overrides: list[str], device: str, native: bool) -> tuple[str, dict]:
         cfg = load_config("configs/tiny/fusion.yaml", [shards, *overrides])

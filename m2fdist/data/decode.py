@@ -23,9 +23,10 @@ from torch.utils.dlpack import from_dlpack
 
 from m2fdist.data.source import ReadPolicy
 from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
+from m2fdist.modalities import known_members
 
 NUM_FRAMES = 15
-KNOWN_MEMBERS = {"json", "mp4", "wav", "text.npy", "audio.npy", "visual.npy", "labels.npy"}
+KNOWN_MEMBERS = known_members()
 _warned: set[str] = set()
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ import torch
 
 from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.data.decode import ShardDecodeError, load_json_member
-
-FEATURES = ("text", "audio", "visual")
+from m2fdist.modalities import MODALITIES
+from m2fdist.tarmembers import add_sample, open_tar
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -42,17 +40,13 @@ class FeatureShardWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.tar = open_tar(self.tmp)
         self.count = 0
 
     def write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         members = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
         members.update({f"{name}.npy": npy_bytes(a) for name, a in arrays.items()})
-        now = time.time()
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), now, 0o444
-            self.tar.addfile(info, io.BytesIO(data))
+        add_sample(self.tar, key, members)
         self.count += 1
 
     def close(self) -> None:
@@ -77,9 +71,10 @@ def decode_features(raw: dict[str, Any], num_labels: int | None = None) -> dict[
     if num_labels and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
         raise ShardDecodeError(f"{where}: a label id outside 0..{num_labels - 1} in labels.npy")
     out = {"key": raw.get("__key__"), "meta": meta, "labels": labels}
-    for name in FEATURES:
-        if f"{name}.npy" in raw:
-            x = load_npy(raw[f"{name}.npy"], where)
+    for m in MODALITIES:
+        name = m.name
+        if m.feature in raw:
+            x = load_npy(raw[m.feature], where)
             if x.ndim != 2 or x.shape[0] != len(labels) or x.dtype.kind != "f":
                 raise ShardDecodeError(f"{where}: {name}.npy must be float [{len(labels)}, D], not {x.dtype} "
                                        f"{list(x.shape)}")
@@ -100,7 +95,7 @@ def collate_features(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"keys": [d["meta"].get("keys", []) for d in dialogs],
                            "dialog": [d["meta"].get("dialog") for d in dialogs],
                            "labels": labels, "mask": mask, "valid": valid}
-    for name in FEATURES:
+    for name in (m.name for m in MODALITIES):
         if name in dialogs[0]:
             x = torch.zeros((b, k, dialogs[0][name].shape[1]), dtype=torch.float32)
             x[mask] = torch.from_numpy(np.concatenate([d[name] for d in dialogs]))

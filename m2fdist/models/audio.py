@@ -21,11 +21,11 @@ from m2fdist.media import SAMPLE_RATE
 
 @dataclass
 class AudioConfig:
-    embed_dim: int = 300
-    n_fft: int = 400
-    hop_length: int = 160
-    n_mels: int = 128
-    seconds: float = 8.0
+    embed_dim: int = 300  # D_A: the embedding the extractor outputs (paper: 300)
+    n_fft: int = 400  # STFT window in samples at 16 kHz (paper: 400)
+    hop_length: int = 160  # STFT hop in samples (paper: 160)
+    n_mels: int = 128  # mel bands (paper: 128)
+    seconds: float = 8.0  # clips cropped or padded to this length
     warp: float = 0.2  # time warp: the spectrogram is stretched by a factor in [1 - warp, 1 + warp]
     snr_db: tuple[float, float] = (15.0, 40.0)  # additive white Gaussian noise, drawn per clip
     augment: bool = True  # only ever applied in training mode

@@ -13,23 +13,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-MODALITIES = ("text", "audio", "visual")
+from m2fdist.modalities import BY_LETTER, LETTERS
 
 
 @dataclass
 class DialogConfig:
-    num_classes: int = 7
-    dim_text: int = 1024  # D_T: roberta-large's hidden size
-    dim_audio: int = 300
-    dim_visual: int = 600  # face 300 + scene 300; 300 for face-only or scene-only video
+    num_classes: int = 7  # set from dataset by the run config
+    dim_text: int = 1024  # D_T: roberta-large's hidden size; in a run config 0 = from the features' index.json
+    dim_audio: int = 300  # D_A; in a run config 0 = from the features' index.json
+    dim_visual: int = 600  # D_V: face 300 + scene 300 (300 for one branch); run config: 0 = from index.json
     modalities: str = "TAV"  # any non-empty subset of T, A, V: the paper's modality ablations
     fusion: str = "attention"  # or "concat": the paper's "concatenation instead of fusion" row
     num_layers: int = 1  # N: 1 for MELD, 5 for IEMOCAP
     num_fusion_layers: int = 5  # m
-    num_heads: int = 8
-    ffn_mult: int = 4
-    dropout: float = 0.4
-    head_hidden: int = 512
+    num_heads: int = 8  # attention heads (lowered to a divisor of the width where needed)
+    ffn_mult: int = 4  # Transformer feed-forward width, as a multiple of the model width
+    dropout: float = 0.4  # paper: 0.4 to 0.5
+    head_hidden: int = 512  # width of the classifier's hidden FC layer
     # Ours, not the paper's (which does not say): a residual + LayerNorm around each fusion layer, so a
     # stack of m = 5 trains as stably as the encoders do. fusion_residual=False is the bare mapping.
     fusion_residual: bool = True
@@ -42,7 +42,7 @@ class DialogConfig:
 
     def __post_init__(self) -> None:
         mods = self.modalities.upper()
-        if not mods or set(mods) - set("TAV") or len(set(mods)) != len(mods):
+        if not mods or set(mods) - set(LETTERS) or len(set(mods)) != len(mods):
             raise ValueError(f"modalities must be a subset of 'TAV', got {self.modalities!r}")
         if self.fusion not in ("attention", "concat"):
             raise ValueError(f"fusion must be 'attention' or 'concat', not {self.fusion!r}")
@@ -125,7 +125,9 @@ class M2FNetDialog(nn.Module):
     def __init__(self, config: DialogConfig):
         super().__init__()
         self.config = c = config
-        dims = {"T": c.dim_text, "A": c.dim_audio, "V": c.dim_visual}
+        dims = {m: getattr(c, BY_LETTER[m].dim_key) for m in c.modalities}
+        if min(dims.values()) < 1:  # 0 means "from the features' index.json", which load_config resolves
+            raise ValueError(f"feature widths {dims} must be set (load the run config with load_config)")
         self.standardize = nn.ModuleDict({m: Standardize(dims[m]) for m in c.modalities} if c.standardize else {})
         self.encoders = nn.ModuleDict({
             m: ModalityEncoder(dims[m], c.num_layers, c.num_heads, c.ffn_mult, c.dropout) for m in c.modalities
@@ -144,7 +146,7 @@ class M2FNetDialog(nn.Module):
     def forward(self, mask: Tensor, text: Tensor | None = None, audio: Tensor | None = None,
                 visual: Tensor | None = None) -> Tensor:
         given = {"T": text, "A": audio, "V": visual}
-        missing = [MODALITIES["TAV".index(m)] for m in self.config.modalities if given[m] is None]
+        missing = [BY_LETTER[m].name for m in self.config.modalities if given[m] is None]
         if missing:
             raise ValueError(f"modalities {self.config.modalities} need {', '.join(missing)} features")
         mask = mask.bool()

@@ -49,9 +49,9 @@ Turn = str | Mapping[str, Any]
 class LoraSettings:
     """peft's LoRA: rank, scale (alpha / r), dropout on the adapter input, and the layers it adapts."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scale: the update is B·A·alpha/r
+    dropout: float = 0.05  # on the adapter input
     # []: peft's default for the model family (Llama: q_proj, v_proj; BERT: query, value); ["all-linear"]: every
     # linear layer of the model; or module names such as [q_proj, k_proj, v_proj, o_proj].
     target_modules: list[str] = field(default_factory=list)
@@ -61,9 +61,9 @@ class LoraSettings:
 class TextConfig:
     model: str = "roberta-large"  # any local path or hub name that AutoModel loads
     context: int = 2  # k neighbours on each side
-    max_length: int = 512
-    dropout: float = 0.1
-    num_classes: int = 7
+    max_length: int = 512  # tokens per input (utterance with its context), truncated past this
+    dropout: float = 0.1  # before the classification head
+    num_classes: int = 7  # set from dataset by the run config
     pooling: str = ""  # first | last | mean; "": first for encoders, last real token for decoders
     input_format: str = "sep"  # sep | sep_speaker | past | prompt (module docstring)
     # full: every weight trains; lora: peft adapters on a frozen model (+ the head); frozen: only the head trains

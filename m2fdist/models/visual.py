@@ -30,17 +30,17 @@ from torchvision.ops import roi_align
 
 @dataclass
 class VisualConfig:
-    embed_dim: int = 300
+    embed_dim: int = 300  # per branch (face, scene); D_V is twice this with both branches
     branches: str = "face+scene"  # or "face" / "scene": the paper's face-only and scene-only video rows
     face_backbone: str = "resnet18"  # or "inception_resnet_v1" (facenet's; random init, CASIA-WebFace to train)
-    face_size: int = 112
-    scene_size: int = 224
-    min_face_prob: float = 0.9
-    min_face_size: int = 20
+    face_size: int = 112  # face crops resized to this square side
+    scene_size: int = 224  # whole frames resized to this square side for the scene branch
+    min_face_prob: float = 0.9  # MTCNN faces less probable than this are ignored
+    min_face_size: int = 20  # MTCNN's smallest face, in pixels
     # Initial weights of each backbone: none (random), imagenet (torchvision, resnet18 only), casia-webface /
     # vggface2 (facenet-pytorch, inception_resnet_v1 only), or a local .safetensors / .pt / .pth file.
     face_init: str = "none"
-    scene_init: str = "none"
+    scene_init: str = "none"  # the scene backbone's initial weights (as face_init, resnet18 names)
     # Face boxes: auto (those `m2fdist faces` stored beside the shards when they match, MTCNN otherwise),
     # mtcnn (MTCNN on every batch), or a face-set folder that must cover the shards.
     faces: str = "auto"

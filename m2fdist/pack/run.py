@@ -22,9 +22,10 @@ from typing import Any
 from tqdm import tqdm
 
 from m2fdist import atomic
+from m2fdist.modalities import PACKED as MODALITIES
 from m2fdist.pack.index import INDEX_NAME, build_index
 from m2fdist.pack.plan import ShardPlan, fingerprint, parse_part, plan_shards, select_part
-from m2fdist.pack.writer import MODALITIES, PackOptions, is_finished, write_shard
+from m2fdist.pack.writer import PackOptions, is_finished, write_shard
 from m2fdist.raw import read_corpus
 
 PLAN_NAME = "pack.json"

@@ -7,10 +7,8 @@ shard as done only when both its tar and stats exist and agree on the size.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -20,10 +18,10 @@ from typing import Any
 
 from m2fdist import atomic
 from m2fdist.media import Encoded, MediaError, encode_utterance
+from m2fdist.modalities import PACKED as MODALITIES  # noqa: F401  (the --modalities choices, re-exported)
 from m2fdist.pack.plan import ShardPlan
 from m2fdist.raw.base import Skip, Utterance
-
-MODALITIES = ("text,audio,visual", "text")
+from m2fdist.tarmembers import add_sample, open_tar
 
 
 @dataclass(frozen=True)
@@ -93,18 +91,6 @@ def _count(u: Utterance, keys: list[str], labels: Counter[str], dialogs: list[st
         dialogs.append(u.dialog)
 
 
-def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
-    """Members of one sample, consecutive, named ``{key}.{ext}``: the layout WebDataset groups by key.
-
-    Written with tarfile rather than webdataset's TarWriter so pack workers never import torch.
-    """
-    now = time.time()
-    for ext, data in members.items():
-        info = tarfile.TarInfo(f"{key}.{ext}")
-        info.size, info.mtime, info.mode = len(data), now, 0o444
-        tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, tick=None) -> dict[str, Any]:
     """Encode every utterance of ``plan`` and write ``out/{name}.tar``; return (and save) its stats.
 
@@ -120,12 +106,12 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
     labels: Counter[str] = Counter()
     dialogs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="m2fdist-pack-") as work, open(tmp_path, "wb") as f:
-        tar = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
+        tar = open_tar(f)
         mp4, wav = Path(work) / "clip.mp4", Path(work) / "clip.wav"
         for u in plan.utterances:
             if not options.media:
                 meta = _sample_json(u, root, None)
-                _add_sample(tar, u.key, {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
+                add_sample(tar, u.key, {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
                 _count(u, keys, labels, dialogs)
                 if tick:
                     tick(1)
@@ -147,7 +133,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, ti
             meta = _sample_json(u, root, enc)
             if enc.trimmed:
                 trimmed.append({"key": u.key, "source": meta["source"], "source_duration": meta.get("source_duration")})
-            _add_sample(tar, u.key, {
+            add_sample(tar, u.key, {
                 "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
                 "mp4": mp4.read_bytes(),
                 "wav": wav.read_bytes(),

@@ -19,6 +19,7 @@ from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.labels import LABELS
 from m2fdist.losses import class_weights, classification_loss
+from m2fdist.modalities import NAMES, members_for
 from m2fdist.pack.index import load_index
 
 NO_DECAY = ("bias", "norm", "LayerNorm", "layer_norm", "bn")
@@ -27,7 +28,7 @@ NO_DECAY = ("bias", "norm", "LayerNorm", "layer_norm", "bn")
 class Stage:
     name = "base"
     level = "utterance"
-    members: tuple[str, ...] = ("json", "mp4", "wav")
+    members: tuple[str, ...] = members_for(NAMES)
     predicts_labels = True  # False: evaluate() returns embeddings for k-NN
 
     def __init__(self, cfg: RunConfig):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.losses import feature_extractor_loss, mine_triplets
+from m2fdist.modalities import members_for
 from m2fdist.models.audio import AudioExtractor
 from m2fdist.models.visual import VisualExtractor
 from m2fdist.stages.base import Stage, model_dtype, to_device
@@ -72,7 +73,7 @@ class ExtractorStage(Stage):
 
 class AudioStage(ExtractorStage):
     name = "audio"
-    members = ("json", "wav")
+    members = members_for(("audio",))
 
     def build_model(self) -> nn.Module:
         return self.with_heads(AudioExtractor(self.cfg.audio))
@@ -87,7 +88,7 @@ class AudioStage(ExtractorStage):
 
 class VisualStage(ExtractorStage):
     name = "visual"
-    members = ("json", "mp4")
+    members = members_for(("visual",))
 
     def __init__(self, cfg):
         super().__init__(cfg)

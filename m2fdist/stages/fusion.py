@@ -11,10 +11,9 @@ from torch import Tensor, nn
 
 from m2fdist.config import ConfigError
 from m2fdist.data.features import feature_moments
+from m2fdist.modalities import NAME_OF as FEATURE_OF
 from m2fdist.models.dialog import M2FNetDialog
 from m2fdist.stages.base import Stage, to_device
-
-FEATURE_OF = {"T": "text", "A": "audio", "V": "visual"}
 
 
 class FusionStage(Stage):
