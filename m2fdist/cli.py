@@ -171,18 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tiny_text(args: argparse.Namespace) -> int:
-    import json
+    from m2fdist.models.tiny_text import build_tiny_roberta, shard_texts
 
-    from m2fdist.data.stream import read_samples
-    from m2fdist.models.tiny_text import build_tiny_roberta
-    from m2fdist.pack import load_index
-
-    index = load_index(args.shards)
-    texts = []
-    for entry in index["splits"].values():
-        for shard in entry["shards"]:
-            for sample in read_samples([str(args.shards / shard["url"])]):
-                texts.append(json.loads(sample["json"])["text"])
+    texts = shard_texts(args.shards)
     build_tiny_roberta(args.out, texts, vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers)
     print(f"tiny RoBERTa (hidden {args.hidden}, {args.layers} layers) with a tokenizer trained on "
           f"{len(texts)} utterances: {args.out}")

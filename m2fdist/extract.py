@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from m2fdist import atomic, runtime
 from m2fdist.config import ConfigError, ExtractConfig, load_extract_config
@@ -39,6 +38,7 @@ from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
 from m2fdist.modalities import NAMES as MODALITIES
 from m2fdist.pack.index import FORMAT_VERSION, load_index
+from m2fdist.progress import bar as progress_bar
 from m2fdist.raw.base import make_key
 
 
@@ -139,7 +139,7 @@ def run(cfg: ExtractConfig) -> None:
         labels: Counter[str] = Counter()
         utterances = largest = 0
         dims: dict[str, int] = {}
-        bar = tqdm(desc=f"extract {split}", unit="dialog", disable=rank != 0, file=sys.stderr)
+        bar = progress_bar(None, f"extract {split}", "dialog", enabled=rank == 0)  # rank 0's share: unknown
         for dialog, keys, y, feats, seen in extract_dialogs(models, loader, faces):
             largest = seen
             meta = {"dataset": cfg.dataset, "split": split, "dialog": dialog, "keys": keys}

@@ -235,9 +235,8 @@ def find_faces(shards: Path, out: Path | None = None, settings: FaceSettings = F
                splits: list[str] | None = None, chunk: int = 8, workers: int = 2, device: str = "auto",
                part: tuple[int, int] = (0, 1), overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the face pass over the shards' unfinished shards (of part i of n); returns totals."""
-    from tqdm import tqdm
-
     from m2fdist.models.visual import FaceDetector
+    from m2fdist.progress import bar as progress_bar
 
     shards = Path(shards)
     folder = Path(out) if out else shards / FOLDER
@@ -275,8 +274,7 @@ def find_faces(shards: Path, out: Path | None = None, settings: FaceSettings = F
     pending: dict[str, dict[str, Any]] = {}
     totals = {"shards": len(todo), "utterances": 0, "faces": 0, "skipped": 0}
     start = time.perf_counter()
-    bar = tqdm(total=sum(sh["samples"] for sh in todo.values()), desc="faces", unit="utt", disable=not progress,
-               file=sys.stderr)
+    bar = progress_bar(sum(sh["samples"] for sh in todo.values()), "faces", "utt", enabled=progress)
     for item in loader:
         acc = pending.setdefault(item["stem"], {"keys": [], "hw": [], "found": [], "start": time.perf_counter()})
         if item.get("done"):

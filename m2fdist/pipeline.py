@@ -4,11 +4,17 @@ With ``modalities: text`` it packs the annotations alone and runs text → repor
 
 Each stage is one deepspeed launch with the configured number of processes. A stage whose output is
 complete (its ``final.json``, an export, a features index) is skipped; an interrupted stage is launched
-again with ``resume=auto`` and continues from its last checkpoint.
+again with ``resume=auto`` and continues from its last checkpoint. A stage's whole output goes to its
+``.log``; its progress and evaluation lines are shown on the console as they come, prefixed with its name.
+
+With ``seeds=[0,1,2]`` the training stages (and extraction, which reads their models) run once per seed
+(``train.seed``) into ``RUNS/seedN`` and ``FEATURES/seedN``; packing is done once, and the report gives
+every ablation row as mean ± std over the seeds with each seed's value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m2fdist.config import ConfigError
+from m2fdist.progress import TAGS
 from m2fdist.runtime import free_port
 
 BIN = Path(sys.executable).parent
@@ -51,6 +58,26 @@ class PipelineConfig:
     overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage: extra key=value
     ablations: bool = True  # also train the T, A, V and concatenation rows of the paper's ablation table
     modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → report
+    # several seeds: every training stage once per seed in RUNS/seedN (features in FEATURES/seedN), the report
+    # as mean ± std over them; empty: one run with the configs' own train.seed, directly in RUNS
+    seeds: list[int] = field(default_factory=list)
+
+TRAINED = ("text", "audio", "visual", "fusion")
+
+
+def seed_plan(cfg: PipelineConfig) -> list[tuple[int, PipelineConfig]]:
+    """Each seed's own pipeline config: its runs and features folders, ``train.seed`` for every trained stage."""
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds {cfg.seeds} repeat a seed")
+    plan = []
+    for seed in cfg.seeds:
+        overrides = {k: list(v) for k, v in cfg.overrides.items()}
+        for stage in TRAINED:
+            overrides[stage] = [*overrides.get(stage, []), f"train.seed={seed}"]
+        plan.append((seed, dataclasses.replace(cfg, runs=str(Path(cfg.runs) / f"seed{seed}"),
+                                               features=str(Path(cfg.features) / f"seed{seed}"), seeds=[],
+                                               overrides=overrides)))
+    return plan
 
 
 def load(path: Path, overrides: list[str]) -> PipelineConfig:
@@ -66,7 +93,7 @@ def load(path: Path, overrides: list[str]) -> PipelineConfig:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, text_model: Path | None = None):
         from m2fdist.modalities import PACKED as MODALITIES
 
         if cfg.modalities not in MODALITIES:
@@ -74,7 +101,9 @@ class Pipeline:
         self.cfg = cfg
         self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
+        self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
         self.env = dict(os.environ)
+        self.env.setdefault("PYTHONUNBUFFERED", "1")  # stage lines reach the console as they are written
         import torch
 
         if not torch.cuda.is_available():
@@ -84,11 +113,18 @@ class Pipeline:
         print(f"[pipeline] {message}", file=sys.stderr, flush=True)
 
     def launch(self, script: str, config: str, overrides: list[str], log: Path) -> None:
+        """Run one deepspeed launch: all its output into ``log``, its progress and eval lines also on the console."""
         cmd = [str(BIN / "deepspeed"), "--num_gpus", str(self.cfg.num_gpus), "--master_port", str(free_port()), script,
                "--config", config, *overrides]
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            rc = subprocess.run(cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+        with log.open("w") as f, subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                if line.startswith(TAGS):
+                    print(f"[{log.stem}] {line.rstrip()}", file=sys.stderr, flush=True)
+            rc = proc.wait()
         if rc != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
             raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); log: {log}\n{tail}")
@@ -96,13 +132,16 @@ class Pipeline:
     def run(self) -> Path:
         c = self.cfg
         self.pack()
+        if c.seeds:
+            return self.run_seeds()
         common = [f"data.shards={c.shards}", f"dataset={c.dataset}"]
-        text_model = [f"text.model={self.runs / 'roberta'}"] if c.tiny_text else []
-        if c.tiny_text and not (self.runs / "roberta" / "config.json").is_file():
-            self.say(f"building a tiny RoBERTa from the shards' text → {self.runs / 'roberta'}")
-            from m2fdist.cli import main as cli
+        text_model = [f"text.model={self.text_model}"] if c.tiny_text else []
+        if c.tiny_text and not (self.text_model / "config.json").is_file():
+            self.say(f"building a tiny RoBERTa from the shards' text → {self.text_model}")
+            from m2fdist.models.tiny_text import build_tiny_roberta, shard_texts
 
-            cli(["tiny-text", "--shards", c.shards, "--out", str(self.runs / "roberta")])
+            build_tiny_roberta(self.text_model, shard_texts(Path(c.shards)), vocab_size=500, hidden_size=32,
+                               num_layers=2)
         for stage in ("text", "audio", "visual") if self.media else ("text",):
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
@@ -118,12 +157,26 @@ class Pipeline:
                            out=self.runs / f"fusion_{name}")
         return self.report()
 
+    def run_seeds(self) -> Path:
+        """Every seed's pipeline in its own folders (shards packed once), then the report over the seeds."""
+        from m2fdist.report import write_seed_report
+
+        folders = {}
+        for seed, cfg in seed_plan(self.cfg):
+            self.say(f"seed {seed}: runs in {cfg.runs}, features in {cfg.features}")
+            Pipeline(cfg, text_model=self.text_model).run()
+            folders[seed] = Path(cfg.runs)
+        report = write_seed_report(self.runs, folders)
+        print((self.runs / "report.md").read_text(), flush=True)
+        self.say(f"done: {report} and {self.runs / 'report.md'} over seeds {', '.join(map(str, folders))}")
+        return report
+
     def report(self) -> Path:
         from m2fdist.report import write_report
 
         report = write_report(self.runs)
         print((self.runs / "report.md").read_text(), flush=True)
-        self.say(f"done: {report}, {self.runs / 'report.md'}, confusion PNGs and W&B offline runs in {self.runs}")
+        self.say(f"done: {report}, {self.runs / 'report.md'}, its figures (PNG) and W&B offline runs in {self.runs}")
         return report
 
     def pack(self) -> None:

@@ -4,10 +4,17 @@ Every score is that of the checkpoint chosen on dev, the one ``m2fdist export`` 
 are computed from its export, so ``m2fdist eval`` and ``m2fdist predict`` of that export agree with them.
 The last step's scores are kept beside them, named as such.
 
-Writes ``RUNS/report.json`` (accuracy, weighted and macro F1, per-class F1 for each split), a
-confusion-matrix PNG per split, and the modality ablation table (T, A, V, T+A+V concatenated,
-T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``. A text-only run (no fusion stage)
-is reported from its text stage; the report names the modalities it covers.
+Writes ``RUNS/report.json`` (accuracy, weighted and macro F1, per-class F1 and the confusion matrix, counts
+and row-normalised, for each split) and the modality ablation table (T, A, V, T+A+V concatenated,
+T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``, which links the figures written beside
+it: ``confusion_SPLIT.png`` (counts beside the row-normalised matrix), ``training_curves.png`` (loss and dev
+weighted F1 over steps from every run's ``metrics.jsonl``) and ``per_class_f1.png`` (per-class F1 of each
+ablation row). A text-only run (no fusion stage) is reported from its text stage; the report names the
+modalities it covers.
+
+A pipeline run over several seeds (``RUNS/seed0``, ``RUNS/seed1``, ...) is reported per seed in each folder,
+and ``RUNS/report.json`` / ``report.md`` give every ablation row as mean ± standard deviation over the seeds
+with each seed's value (:func:`write_seed_report`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from m2fdist import atomic
+from m2fdist import atomic, plots
 
 # Test-set accuracy / weighted F1 published in the M2FNet paper.
 PAPER = {
@@ -37,28 +44,6 @@ def covered(stage: str, cfg: dict[str, Any]) -> str:
     mods = cfg["fusion"]["modalities"]
     how = "attention fusion" if cfg["fusion"].get("fusion") == "attention" else cfg["fusion"].get("fusion", "")
     return f"{', '.join(MODALITY_NAMES[m] for m in mods)} ({how})"
-
-
-def confusion_png(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
-    """A labelled heat map drawn with Pillow (no plotting library needed)."""
-    from PIL import Image, ImageDraw
-
-    n, cell, left, top = len(names), 56, 90, 60
-    img = Image.new("RGB", (left + n * cell + 20, top + n * cell + 40), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 10), title, fill="black")
-    draw.text((left, 30), "rows: true label, columns: predicted", fill="black")
-    peak = max(1, max(max(row) for row in matrix))
-    for i, row in enumerate(matrix):
-        draw.text((5, top + i * cell + cell // 2 - 5), names[i][:11], fill="black")
-        for j, v in enumerate(row):
-            shade = int(255 - 200 * v / peak)
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=(shade, shade, 255))
-            draw.text((x + cell // 3, y + cell // 3), str(v), fill="black" if shade > 120 else "white")
-    for j, name in enumerate(names):
-        draw.text((left + j * cell + 2, top + n * cell + 5), name[:8], fill="black")
-    img.save(path)
 
 
 def _final(path: Path) -> dict[str, Any] | None:
@@ -107,10 +92,11 @@ def write_report(runs: Path) -> Path:
     scores, scored = shipped_scores(runs, stage, main)
     splits = {}
     for split, m in scores.items():
-        splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count")}
+        splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count",
+                                           "confusion_matrix")}
         png = runs / f"confusion_{split}.png"
-        confusion_png(m["confusion_matrix"], names, png, f"{dataset} {split}: {modalities}")
-        splits[split]["confusion_png"] = str(png)
+        norm = plots.confusion(m["confusion_matrix"], names, png, f"{dataset} {split}: {modalities}")
+        splits[split].update(confusion_normalized=norm, confusion_png=str(png))
     split = "test" if "test" in scores else next(iter(scores))
     ablation = []
     for label, folder in ROWS if stage == "fusion" else TEXT_ONLY_ROWS:
@@ -122,7 +108,8 @@ def write_report(runs: Path) -> Path:
         last = sel["last_metrics"].get(split, {})
         paper = PAPER.get(dataset, {}).get(label)
         ablation.append({"modalities": label, "run": folder, "split": split, "accuracy": m["accuracy"],
-                         "weighted_f1": m["weighted_f1"], "checkpoint": sel["tag"], "step": sel["step"],
+                         "weighted_f1": m["weighted_f1"], "per_class_f1": m["per_class_f1"],
+                         "checkpoint": sel["tag"], "step": sel["step"],
                          "last_step": sel["last_step"], "last_accuracy": last.get("accuracy"),
                          "last_weighted_f1": last.get("weighted_f1"),
                          "paper_accuracy": paper[0] if paper else None,
@@ -130,10 +117,23 @@ def write_report(runs: Path) -> Path:
     report = {"dataset": dataset, "modalities": modalities, "scored": scored, "checkpoint": _selection(main),
               "splits": splits, "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
-                         for s in ("text", "audio", "visual")}}
+                         for s in ("text", "audio", "visual")},
+              "figures": figures(runs, names, dataset, split, ablation)}
     out = runs / "report.json"
     atomic.write_json(out, report)
     atomic.write_text(runs / "report.md", markdown(report))
+    return out
+
+
+def figures(runs: Path, names: list[str], dataset: str, split: str, ablation: list[dict[str, Any]]) -> dict[str, str]:
+    """Training curves and per-class F1 bars, written beside report.md; their file names."""
+    out = {}
+    if plots.training_curves(runs, runs / "training_curves.png"):
+        out["training_curves"] = "training_curves.png"
+    if ablation:
+        plots.per_class_f1([(r["modalities"], r["per_class_f1"]) for r in ablation], names,
+                           runs / "per_class_f1.png", f"{dataset} {split}: per-class F1 of each ablation row")
+        out["per_class_f1"] = "per_class_f1.png"
     return out
 
 
@@ -159,17 +159,102 @@ def markdown(report: dict[str, Any]) -> str:
         pw = f"{row['paper_weighted_f1']:.2f}" if row["paper_weighted_f1"] is not None else "—"
         lines.append(f"| {row['modalities']} | {_pct(row['accuracy'])} | {_pct(row['weighted_f1'])} | {row['step']} | "
                      f"{_pct(row['last_accuracy'])} | {_pct(row['last_weighted_f1'])} | {pa} | {pw} |")
+    figs = [f"![confusion matrix, {split}: counts and row-normalised](confusion_{split}.png)"
+            for split in report["splits"]]
+    named = report.get("figures", {})
+    if "per_class_f1" in named:
+        figs.append(f"![per-class F1 of each ablation row]({named['per_class_f1']})")
+    if "training_curves" in named:
+        figs.append(f"![training curves: loss and dev weighted F1 over steps]({named['training_curves']})")
+    lines += ["", "## Figures"]
+    for fig in figs:
+        lines += ["", fig]
     return "\n".join(lines) + "\n"
+
+
+def seed_folders(runs: Path) -> dict[int, Path]:
+    """A multi-seed pipeline's per-seed run folders (``RUNS/seedN``), by seed."""
+    found = {}
+    for p in Path(runs).glob("seed*"):
+        if p.is_dir() and p.name[4:].isdigit():
+            found[int(p.name[4:])] = p
+    return dict(sorted(found.items()))
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value) of per-seed scores."""
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def aggregate(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each ablation row over the seeds: accuracy and weighted F1 as mean, sample std and per-seed values.
+
+    A row missing from some seed's report (that run did not finish) is aggregated over the seeds that have it;
+    each row lists its seeds.
+    """
+    if not reports:
+        raise ValueError("no per-seed reports to aggregate")
+    seeds = sorted(reports)
+    first = reports[seeds[0]]
+    labels = list(dict.fromkeys(r["modalities"] for s in seeds for r in reports[s]["ablation"]))
+    rows = []
+    for label in labels:
+        found = {s: r for s in seeds for r in reports[s]["ablation"] if r["modalities"] == label}
+        have = sorted(found)
+        row = {"modalities": label, "split": found[have[0]]["split"], "seeds": have,
+               "paper_accuracy": found[have[0]].get("paper_accuracy"),
+               "paper_weighted_f1": found[have[0]].get("paper_weighted_f1")}
+        for metric in ("accuracy", "weighted_f1"):
+            row[metric] = _spread([found[s][metric] for s in have])
+        rows.append(row)
+    return {"dataset": first["dataset"], "modalities": first["modalities"], "seeds": seeds,
+            "std": "sample standard deviation over seeds (n - 1)", "ablation": rows}
+
+
+def seeds_markdown(agg: dict[str, Any]) -> str:
+    seeds = agg["seeds"]
+    lines = [f"# {agg['dataset']}: M2FNet evaluation over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
+             f"Modalities: {agg['modalities']}. Each row: mean ± sample standard deviation over the seeds, then "
+             "each seed's value; every value is the checkpoint chosen on dev of that seed's run "
+             "(seed folders: " + ", ".join(f"[seed{s}](seed{s}/report.md)" for s in seeds) + ").", "",
+             "| modalities | split | accuracy | weighted F1 | accuracy per seed | weighted F1 per seed "
+             "| paper accuracy | paper weighted F1 |", "|---|---|---|---|---|---|---|---|"]
+    for row in agg["ablation"]:
+        acc, wf1 = row["accuracy"], row["weighted_f1"]
+        per = [", ".join(f"{s}: {_pct(v)}" for s, v in zip(row["seeds"], m["values"], strict=True)) for m in (acc, wf1)]
+        pa = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "—"
+        pw = f"{row['paper_weighted_f1']:.2f}" if row["paper_weighted_f1"] is not None else "—"
+        lines.append(f"| {row['modalities']} | {row['split']} | {_pct(acc['mean'])} ± {_pct(acc['std'])} | "
+                     f"{_pct(wf1['mean'])} ± {_pct(wf1['std'])} | {per[0]} | {per[1]} | {pa} | {pw} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_seed_report(runs: Path, folders: dict[int, Path] | None = None) -> Path:
+    """Report every seed's run folder, then ``RUNS/report.json`` and ``report.md`` over the seeds."""
+    runs = Path(runs)
+    folders = folders if folders is not None else seed_folders(runs)
+    reports = {s: json.loads(write_report(folder).read_text()) for s, folder in folders.items()}
+    agg = aggregate(reports)
+    agg["reports"] = {str(s): str(folder / "report.json") for s, folder in folders.items()}
+    out = runs / "report.json"
+    atomic.write_json(out, agg)
+    atomic.write_text(runs / "report.md", seeds_markdown(agg))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="m2fdist report", description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, help="a pipeline's runs folder (holding fusion/, fusion_T/, ...)")
+    p.add_argument("runs", type=Path, help="a pipeline's runs folder (holding fusion/, fusion_T/, ...; or seed0/, "
+                   "seed1/, ... for a multi-seed run: then each seed is reported and the rows are averaged)")
     args = p.parse_args(argv)
     try:
-        path = write_report(args.runs)
+        multi = not (args.runs / "fusion").is_dir() and not (args.runs / "text").is_dir() and seed_folders(args.runs)
+        path = write_seed_report(args.runs) if multi else write_report(args.runs)
     except (FileNotFoundError, ValueError) as e:
         print(f"m2fdist report: {e}", file=sys.stderr)
         return 2

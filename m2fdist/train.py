@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from m2fdist import atomic, checkpoint, runtime
+from m2fdist import atomic, checkpoint, progress, runtime
 from m2fdist.config import ConfigError, RunConfig, check_model_paths, deepspeed_config, load_config
 from m2fdist.confighelp import config_parser, print_config
 from m2fdist.evaluate import Outputs, collect, prediction_rows, score
@@ -199,6 +199,7 @@ class Trainer:
         self.setup()
         st, cfg = self.state, self.cfg
         kill_at = int(os.environ.get(KILL_ENV, 0))
+        self.progress = progress.bar(self.total, cfg.stage, "step", enabled=self.rank == 0, initial=st.step)
         while st.step < self.total:
             self.train_loader.dataset.set_epoch(st.epoch, skip_batches=st.batch)
             self.engine.train()
@@ -214,6 +215,7 @@ class Trainer:
                 if st.batch % self.accum:
                     continue
                 st.step += 1
+                self.progress.update()
                 if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
                     self._log_train(losses, samples, time.time() - t0)
                 losses, t0, samples = [], time.time(), 0
@@ -230,6 +232,7 @@ class Trainer:
                 if st.step < self.total:
                     self._evaluate_and_keep_best()
                     self._save()
+        self.progress.close()
         last = self._evaluate_and_keep_best(last=True)
         self._save()
         self._write_final(last)
@@ -260,11 +263,13 @@ class Trainer:
         stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)
         dist.all_reduce(stats)
         norm = self.engine.get_global_grad_norm()
-        self.tracker.log(self.state.step, {
-            "loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
-            "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
-            "samples_per_s": float(stats[1]) / max(seconds, 1e-9),
-        })
+        values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
+                  "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
+                  "samples_per_s": float(stats[1]) / max(seconds, 1e-9)}
+        self.tracker.log(self.state.step, values)
+        epochs = -(-self.total // self.steps_per_epoch)  # the epoch shown counts from 1, as people count
+        self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {values['loss']:.4f}, "
+                                      f"lr {values['lr']:.2e}, {values['samples_per_s']:.1f} samples/s")
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, tuple[dict[str, Any], Outputs, np.ndarray]]:
@@ -290,6 +295,8 @@ class Trainer:
         results = self._evaluate()
         for split, (metrics, out, preds) in results.items():
             self.tracker.log_eval(self.state.step, split, metrics, self.stage.names, out.labels, preds)
+            progress.say(f"{self.cfg.stage} step {self.state.step}/{self.total} {split}: accuracy "
+                         f"{metrics['accuracy']:.4f}, weighted F1 {metrics['weighted_f1']:.4f}", self.progress)
         scores = [results["dev"][0]["weighted_f1"] if "dev" in results else -1.0]
         dist.broadcast_object_list(scores, src=0)
         improved = "dev" in self.eval_loaders and scores[0] > self.state.best_f1

@@ -34,7 +34,7 @@ def _shards_copy(shards: Path, dest: Path) -> Path:
     return dest
 
 
-def test_face_pass_stores_what_mtcnn_finds_and_resumes(meld_shards, tmp_path):
+def test_face_pass_stores_what_mtcnn_finds_and_resumes(meld_shards, tmp_path, capsys):
     shards = _shards_copy(meld_shards[0], tmp_path / "shards")
     index = json.loads((shards / "index.json").read_text())
     dev = index["splits"]["dev"]
@@ -65,8 +65,11 @@ def test_face_pass_stores_what_mtcnn_finds_and_resumes(meld_shards, tmp_path):
     victim.with_name(victim.name.replace(".stats.json", ".faces.json")).write_text('{"torn')
     torn = FaceSet(folder, settings)
     assert 0 < len(torn) < len(faces)  # the torn shard's utterances are left to MTCNN
-    totals = find_faces(shards, settings=settings, splits=["dev"], workers=0, progress=False)
+    capsys.readouterr()
+    totals = find_faces(shards, settings=settings, splits=["dev"], workers=0, progress=True)
     assert totals["shards"] == 1 and totals["utterances"] == json.loads(victim.read_text())["utterances"]
+    n = totals["utterances"]  # progress in a log (not a terminal): whole lines, the last one at 100%
+    assert f"[progress] faces: 100% {n}/{n} [" in capsys.readouterr().err.splitlines()[-1]
     assert {p.name: p.stat().st_mtime_ns for p in stats if p != victim} == {k: v for k, v in before.items()
                                                                           if k != victim.name}
     again = FaceSet(folder, settings)

@@ -186,7 +186,7 @@ def test_parts_cover_the_corpus_once(iemocap_raw, iemocap_shards, tmp_path):
         pack("iemocap", root, tmp_path / "x", part="2/2", options=options, progress=False)
 
 
-def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path):
+def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path, capsys):
     from test_readers import csv_only_copy
 
     from m2fdist.config import ConfigError, load_config
@@ -196,7 +196,9 @@ def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path):
     root, _ = meld_raw
     tree = csv_only_copy(root, tmp_path / "csv")
     out = tmp_path / "text"
-    index = pack("meld", tree, out, options=PackOptions(modalities="text"), max_count=SHARD_SIZE, progress=False)
+    index = pack("meld", tree, out, options=PackOptions(modalities="text"), max_count=SHARD_SIZE, progress=True)
+    n = sum(split["samples"] for split in index["splits"].values())
+    assert f"[progress] packing: 100% {n}/{n} [" in capsys.readouterr().err  # one bar line in a log, not \r bars
     corpus = read_meld(tree, media=False)
     samples = all_samples(out, index)
     assert [s["__key__"] for s in samples] == [u.key for sp in corpus.splits for u in corpus.utterances(sp)]

@@ -17,9 +17,10 @@ from PIL import Image
 from m2fdist.cli import main as cli
 from m2fdist.config import ConfigError
 from m2fdist.export import export
-from m2fdist.pipeline import Pipeline, PipelineConfig
+from m2fdist.pipeline import Pipeline, PipelineConfig, seed_plan
+from m2fdist.pipeline import load as load_pipeline
 from m2fdist.predict import main as predict_main
-from m2fdist.report import write_report
+from m2fdist.report import aggregate, seeds_markdown, write_report
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +65,14 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
     Pipeline(cfg).run()
     said = capsys.readouterr().err
     assert "fusion: training (resuming)" in said and "text: finished earlier, skipped" in said
+    # the stage's progress and evaluation lines reached the console as it ran, and its whole output the log
+    log = (runs / "fusion.log").read_text()
+    streamed = [ln for ln in said.splitlines() if ln.startswith("[fusion] ")]
+    assert any(ln.startswith("[fusion] [progress] fusion: 100%") and "6/6" in ln and "loss" in ln for ln in streamed)
+    assert "[fusion] [eval] fusion step 6/6 dev: accuracy" in said and "[fusion] [eval] fusion step 6/6 test" in said
+    assert [ln.removeprefix("[fusion] ") for ln in streamed] == [ln for ln in log.splitlines()
+                                                                  if ln.startswith(("[progress] ", "[eval] "))]
+    assert "\r" not in log and "deepspeed" in log.lower()  # plain lines; the launcher's own output only in the log
     assert json.loads((runs / "fusion" / "final.json").read_text())["step"] == 6
     steps = [json.loads(line)["step"] for line in (runs / "fusion" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line).get("kind") == "train"]
@@ -99,14 +108,31 @@ def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):
         assert m["weighted_f1"] == pytest.approx(final["metrics"][split]["weighted_f1"], abs=1e-9)
         assert set(m["per_class_f1"]) == {"neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"}
         with Image.open(m["confusion_png"]) as img:
-            assert img.size[0] > 300
+            assert img.size[0] > 600  # counts beside the row-normalised matrix
+        # the right panel's data: each true label's row as fractions of its count
+        for counts, norm in zip(m["confusion_matrix"], m["confusion_normalized"], strict=True):
+            assert sum(norm) == pytest.approx(1.0 if sum(counts) else 0.0)
+            assert norm == pytest.approx([c / sum(counts) for c in counts] if sum(counts) else [0.0] * len(counts))
+        assert sum(map(sum, m["confusion_matrix"])) == m["count"]
     rows = {r["modalities"]: r for r in report["ablation"]}
     assert set(rows) == {"T", "T+A+V fused"}  # the ablations this run trained
     assert rows["T+A+V fused"]["paper_weighted_f1"] == 66.71
     t_final = json.loads((pipeline_runs / "fusion_T" / "final.json").read_text())
     assert rows["T"]["weighted_f1"] == t_final["metrics"]["test"]["weighted_f1"]
+    assert rows["T"]["per_class_f1"] == t_final["metrics"]["test"]["per_class_f1"]
     md = (pipeline_runs / "report.md").read_text()
     assert "| T+A+V fused |" in md and f"checkpoint {shipped}" in md and "last step" in md
+    # the figures: real PNGs beside report.md, linked from it
+    assert report["figures"] == {"training_curves": "training_curves.png", "per_class_f1": "per_class_f1.png"}
+    for name in ("training_curves.png", "per_class_f1.png", "confusion_dev.png", "confusion_test.png"):
+        png = pipeline_runs / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+        assert f"]({name})" in md
+        with Image.open(png) as img:
+            img.load()
+            assert len(img.convert("L").getcolors(256)) > 20, f"{name} is nearly blank"
+    with Image.open(pipeline_runs / "training_curves.png") as img:
+        assert img.size[1] > img.size[0] // 2  # one row per stage: text, audio, visual, fusion (+ fusion_T)
 
 
 def test_fusion_model_standardizes_with_the_train_split(pipeline_runs, features):
@@ -180,3 +206,84 @@ def test_text_only_report(text_run, tmp_path):
     assert "Modalities: text only" in (runs / "report.md").read_text()
     with pytest.raises(ConfigError, match="modalities must be one of"):
         Pipeline(PipelineConfig(runs=str(runs), modalities="audio"))
+
+
+def test_seed_plan():
+    cfg = load_pipeline(Path("configs/tiny/pipeline.yaml"), ["seeds=[0,2]", "runs=r", "features=f"])
+    assert cfg.seeds == [0, 2]
+    plan = seed_plan(cfg)
+    assert [(s, c.runs, c.features, c.seeds) for s, c in plan] == [(0, "r/seed0", "f/seed0", []),
+                                                                   (2, "r/seed2", "f/seed2", [])]
+    _, two = plan[1]
+    assert two.overrides["text"] == [*cfg.overrides["text"], "train.seed=2"]  # the seed wins over the YAML's
+    assert all(two.overrides[s][-1] == "train.seed=2" for s in ("text", "audio", "visual", "fusion"))
+    assert two.overrides["extract"] == cfg.overrides["extract"] and two.shards == cfg.shards  # packed once
+    assert "train.seed=0" not in " ".join(cfg.overrides["text"])  # the parent config is untouched
+    assert seed_plan(PipelineConfig()) == []  # default: one run directly in RUNS, as before
+    with pytest.raises(ConfigError, match="repeat"):
+        seed_plan(PipelineConfig(seeds=[1, 1]))
+
+
+def _report(accs: dict[str, float], f1s: dict[str, float]) -> dict:
+    return {"dataset": "meld", "modalities": "text, audio, visual (attention fusion)",
+            "ablation": [{"modalities": k, "split": "test", "accuracy": a, "weighted_f1": f1s[k],
+                          "paper_accuracy": 67.85 if k == "T+A+V fused" else None,
+                          "paper_weighted_f1": 66.71 if k == "T+A+V fused" else None} for k, a in accs.items()]}
+
+
+def test_seed_aggregation_is_mean_and_sample_std():
+    reports = {0: _report({"T": 0.5, "A": 0.3, "T+A+V fused": 0.6}, {"T": 0.4, "A": 0.2, "T+A+V fused": 0.65}),
+               1: _report({"T": 0.6, "A": 0.4, "T+A+V fused": 0.6}, {"T": 0.5, "A": 0.3, "T+A+V fused": 0.65}),
+               2: _report({"T": 0.7, "T+A+V fused": 0.9}, {"T": 0.6, "T+A+V fused": 0.65})}  # its A run is missing
+    agg = aggregate(reports)
+    rows = {r["modalities"]: r for r in agg["ablation"]}
+    assert agg["seeds"] == [0, 1, 2] and list(rows) == ["T", "A", "T+A+V fused"]
+    assert rows["T"]["accuracy"]["values"] == [0.5, 0.6, 0.7] and rows["T"]["seeds"] == [0, 1, 2]
+    assert rows["T"]["accuracy"]["mean"] == pytest.approx(0.6, abs=1e-12)
+    assert rows["T"]["accuracy"]["std"] == pytest.approx(0.1, abs=1e-12)  # sample std: sqrt(0.02 / 2)
+    assert rows["T+A+V fused"]["accuracy"]["mean"] == pytest.approx(0.7, abs=1e-12)
+    assert rows["T+A+V fused"]["accuracy"]["std"] == pytest.approx(0.03 ** 0.5, abs=1e-12)  # sqrt(0.06 / 2)
+    assert rows["T+A+V fused"]["weighted_f1"] == {"mean": pytest.approx(0.65), "std": 0.0, "values": [0.65] * 3}
+    assert rows["A"]["seeds"] == [0, 1] and rows["A"]["accuracy"]["mean"] == pytest.approx(0.35, abs=1e-12)
+    assert rows["A"]["accuracy"]["std"] == pytest.approx(0.005 ** 0.5, abs=1e-12)  # sqrt((0.05² + 0.05²) / 1)
+    assert rows["T+A+V fused"]["paper_weighted_f1"] == 66.71
+    md = seeds_markdown(agg)
+    assert "| T | test | 60.00 ± 10.00 | 50.00 ± 10.00 | 0: 50.00, 1: 60.00, 2: 70.00 |" in md
+    assert "| A | test | 35.00 ± 7.07 |" in md and "[seed2](seed2/report.md)" in md
+    with pytest.raises(ValueError, match="no per-seed reports"):
+        aggregate({})
+
+
+def test_pipeline_over_seeds(pipeline_runs, work, features, tmp_path, capsys):
+    """seeds=[0,1] over finished per-seed folders: nothing is trained again, each seed is reported and the rows
+    are averaged (seed 1's T row is made to differ, so its mean and std are known)."""
+    runs, feats = tmp_path / "runs", tmp_path / "features"
+    for seed in (0, 1):
+        shutil.copytree(pipeline_runs, runs / f"seed{seed}", ignore=shutil.ignore_patterns("report*", "*.png"))
+        feats.mkdir(exist_ok=True)
+        (feats / f"seed{seed}").symlink_to(features)
+    final_t = runs / "seed1" / "fusion_T" / "final.json"
+    final = json.loads(final_t.read_text())
+    a0 = final["metrics"]["test"]["accuracy"]
+    final["metrics"]["test"]["accuracy"] = a0 + 0.1
+    final_t.write_text(json.dumps(final))
+    cfg = PipelineConfig(shards=str(work["shards"]), features=str(feats), runs=str(runs), num_gpus=2,
+                         ablations=False, seeds=[0, 1])
+    assert Pipeline(cfg).run() == runs / "report.json"
+    said = capsys.readouterr().err
+    assert said.count("fusion: finished earlier, skipped") == 2 and "seed 1: runs in" in said
+    report = json.loads((runs / "report.json").read_text())
+    rows = {r["modalities"]: r for r in report["ablation"]}
+    assert rows["T"]["accuracy"]["values"] == pytest.approx([a0, a0 + 0.1], abs=1e-12)
+    assert rows["T"]["accuracy"]["mean"] == pytest.approx(a0 + 0.05, abs=1e-12)
+    assert rows["T"]["accuracy"]["std"] == pytest.approx(0.1 / 2 ** 0.5, abs=1e-12)
+    fused = rows["T+A+V fused"]["weighted_f1"]
+    assert fused["std"] == 0.0 and fused["values"][0] == json.loads(
+        (runs / "seed0" / "report.json").read_text())["splits"]["test"]["weighted_f1"]
+    for seed in (0, 1):
+        assert (runs / f"seed{seed}" / "report.md").is_file() and (runs / f"seed{seed}" / "per_class_f1.png").is_file()
+    assert "over 2 seeds (0, 1)" in (runs / "report.md").read_text()
+    # `m2fdist report RUNS` recognises the layout and writes the same numbers
+    (runs / "report.json").unlink()
+    assert cli(["report", str(runs)]) == 0
+    assert json.loads((runs / "report.json").read_text())["ablation"] == report["ablation"]

@@ -139,6 +139,13 @@ def test_text_stage(text_run, work):
         assert {"accuracy", "weighted_f1", "macro_f1", "per_class_f1", "confusion_matrix"} <= r.keys()
         assert sum(map(sum, r["confusion_matrix"])) == r["count"]
     final = json.loads((text_run / "final.json").read_text())
+    # rank 0's progress in the stage's log (not a terminal): whole lines, and one line per evaluation
+    log = (work["base"] / "text.log").read_text()
+    bars = [ln for ln in log.splitlines() if ln.startswith("[progress] text:")]
+    assert "\r" not in log and bars and bars[-1].startswith(f"[progress] text: 100% {final['step']}/{final['step']}")
+    assert "epoch" in bars[-1] and "loss" in bars[-1] and "samples/s" in bars[-1]
+    said = [ln for ln in log.splitlines() if ln.startswith("[eval] text step")]
+    assert len(said) == len(evals) and all(" accuracy " in ln and ", weighted F1 " in ln for ln in said)
     ckpts = text_run / "checkpoints"
     assert (ckpts / "best").read_text() == final["best_tag"] and (ckpts / final["best_tag"]).is_dir()
     assert final["precision"] == "fp32" and "fp32" in final["precision_reason"]  # zero2_fp32.json under auto

@@ -51,6 +51,19 @@ def build_tiny_roberta(
     return out
 
 
+def shard_texts(shards: Path) -> list[str]:
+    """Every utterance's text in a packed shards folder (all splits), what the tokenizer is trained on."""
+    from m2fdist.data.stream import read_samples
+    from m2fdist.pack import load_index
+
+    texts = []
+    for entry in load_index(Path(shards))["splits"].values():
+        for shard in entry["shards"]:
+            for sample in read_samples([str(Path(shards) / shard["url"])]):
+                texts.append(json.loads(sample["json"])["text"])
+    return texts
+
+
 def build_tiny_llama(
     out: Path,
     texts: Iterable[str],

@@ -19,13 +19,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from m2fdist import atomic
 from m2fdist.modalities import PACKED as MODALITIES
 from m2fdist.pack.index import INDEX_NAME, build_index
 from m2fdist.pack.plan import ShardPlan, fingerprint, parse_part, plan_shards, select_part
 from m2fdist.pack.writer import PackOptions, is_finished, write_shard
+from m2fdist.progress import bar as progress_bar
 from m2fdist.raw import read_corpus
 
 PLAN_NAME = "pack.json"
@@ -147,7 +146,7 @@ def _run(todo: list[ShardPlan], out: Path, root: Path, options: PackOptions, wor
     (tar + stats), so rerunning the same command resumes.
     """
     total = sum(len(p.utterances) for p in todo)
-    bar = tqdm(total=total, unit="utt", desc="packing", disable=not progress or total == 0, file=sys.stderr)
+    bar = progress_bar(total, "packing", "utt", enabled=progress and total > 0)
     ctx = mp.get_context("spawn")
     ticks = ctx.Queue()
     results: list[dict] = []
@@ -176,7 +175,7 @@ def _run(todo: list[ShardPlan], out: Path, root: Path, options: PackOptions, wor
         print(f"{skipped} utterances could not be decoded and were skipped (see index.json)", file=sys.stderr)
 
 
-def _move(bar: tqdm, ticks: Any) -> None:
+def _move(bar: Any, ticks: Any) -> None:
     while True:
         try:
             bar.update(ticks.get_nowait())
