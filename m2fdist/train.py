@@ -105,14 +105,18 @@ def check_resume(cfg: RunConfig) -> None:
 def _align_buffers(module: torch.nn.Module) -> None:
     """DeepSpeed's bf16/fp16 casts parameters but not buffers: BatchNorm's running statistics follow here.
 
-    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them.
+    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them. Buffers
+    outside the state dict (non-persistent: a rotary embedding's ``inv_freq``) are derived constants that their
+    module computes with in float32 on purpose (rotary angles lose precision at long positions in bf16), so
+    they keep their dtype too.
     """
     dtype = next(module.parameters()).dtype
     for sub in module.modules():
         if getattr(sub, "keeps_fp32_buffers", False):
             continue
+        transient = getattr(sub, "_non_persistent_buffers_set", set())
         for name, buf in sub.named_buffers(recurse=False):
-            if buf.is_floating_point() and buf.dtype != dtype:
+            if name not in transient and buf.is_floating_point() and buf.dtype != dtype:
                 setattr(sub, name, buf.to(dtype))
 
 

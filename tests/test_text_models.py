@@ -219,6 +219,24 @@ def test_finetune_modes_train_what_they_say(llama):
     assert not frozen.encoder.training and frozen.head.training  # no dropout in a fixed feature extractor
 
 
+def test_bf16_keeps_rotary_frequencies_in_float32(llama):
+    """The trainer casts buffers to the parameters' dtype (BatchNorm statistics), but not a rotary embedding's
+    ``inv_freq``: it is a derived constant that Llama computes its angles with in float32."""
+    from m2fdist.train import _align_buffers
+
+    model = TextModel.from_pretrained(TextConfig(model=str(llama), input_format="prompt"), labels=MELD)
+    model.to(torch.bfloat16)  # what DeepSpeed's bf16 does to parameters (and, by .to, here to buffers too)
+    rotary = [m for m in model.modules() if hasattr(m, "inv_freq")]
+    assert rotary
+    for m in rotary:
+        m.inv_freq = m.inv_freq.float()
+    norm = torch.nn.BatchNorm1d(4)
+    model.add_module("probe_norm", norm)
+    _align_buffers(model)
+    assert all(m.inv_freq.dtype == torch.float32 for m in rotary)
+    assert norm.running_mean.dtype == torch.bfloat16  # persistent statistics still follow the weights
+
+
 def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
     from m2fdist.config import RunConfig
     from m2fdist.export import merged_lora_state
