@@ -182,7 +182,9 @@ class Trainer:
         self.state.wandb_id = self.tracker.run_id
 
     def _load(self, ckpt_dir: Path, tag: str) -> None:
-        _, client = self.engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        # a save without the frozen base (LoRA): build_model has just read the base from that same source
+        partial = checkpoint.frozen_source(ckpt_dir, tag) is not None
+        _, client = self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=not partial)
         if client is None:
             raise RuntimeError(f"could not load checkpoint {ckpt_dir}/{tag}")
         self.state = State(**client["state"])
@@ -321,7 +323,7 @@ class Trainer:
             return
         client = {"state": vars(self.state).copy(), "config": self.cfg.to_dict()}
         checkpoint.save(self.engine, self.ckpt_dir, self.state.step, client, self.cfg.train.keep_last,
-                        self.state.best_tag)
+                        self.state.best_tag, self.stage.frozen_source())
         self.last_saved = self.state.step
 
 

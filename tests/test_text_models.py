@@ -319,8 +319,15 @@ def test_llama_lora_zero3_resumes_exactly_exports_merged_and_feeds_fusion(llama,
     resumed = [r for r in records(b) if r["step"] > 3][-3:]
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in (4, 5, 6)], rel=1e-6, abs=1e-7)
-    # the adapters and the head are what trained; the checkpoint holds them like any weight
+    # the adapters and the head are what trained; the checkpoint holds them (and not the frozen base, which
+    # resume and export read back from text.model)
     assert json.loads((a / "final.json").read_text())["step"] == 6
+    from m2fdist.export import fp32_state_dict
+
+    saved = fp32_state_dict(a / "checkpoints", "step00000006")
+    assert saved and all(".lora_" in k or k.startswith("head.") for k in saved if not k.endswith("inv_freq"))
+    meta6 = json.loads((a / "checkpoints" / "step00000006" / "m2fdist.json").read_text())
+    assert meta6["frozen_source"] == str(llama)
     _export_predicts_like_the_engine(a, shards)
     export = a / "export_latest"
     meta = json.loads((export / "config.json").read_text())
