@@ -77,9 +77,10 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}
     if checkpoint.frozen_source(ckpt_dir, tag) is not None:
         state = with_frozen_base(cfg, state)
-    if cfg.stage == "text" and cfg.text.finetune == "lora":
+    if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
         state = merged_lora_state(cfg, state)
-        meta["text_weights"] = "LoRA merged into the base weights"
+        kind = "LoRA" if cfg.text.finetune == "lora" else str(cfg.text.peft.get("peft_type", "")).upper()
+        meta["text_weights"] = f"{kind} merged into the base weights"
     out = Path(out or run_dir / "export")
     tmp = atomic.temp_dir_for(out)
     try:

@@ -263,6 +263,44 @@ def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
         torch.testing.assert_close(plain(**batch), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_other_peft_adapters_train_merge_and_are_checked(llama, meld_shards):
+    """text.finetune=peft takes any peft config as a mapping; IA3 trains only its scaling vectors, merges into
+    a plain model that computes the same, and a wrong spec is a config error before launch."""
+    from m2fdist.config import RunConfig
+    from m2fdist.export import merged_lora_state
+
+    spec = {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+            "feedforward_modules": ["down_proj"]}
+    text = TextConfig(model=str(llama), input_format="prompt", finetune="peft", peft=spec, dropout=0.0)
+    torch.manual_seed(0)
+    model = TextModel.from_pretrained(text, labels=MELD).eval()
+    adapted = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")}
+    assert adapted and all(".ia3_l." in n for n in adapted)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".ia3_l." in n:
+                p.uniform_(0.5, 1.5)  # as if trained: ones would merge to the base weights
+        batch = model.tokenize_metas([TARGET | {"context_prev": PREV}, {"text": "No."}])
+        expected = model(**batch)
+    state = merged_lora_state(RunConfig(stage="text", text=text), model.state_dict())
+    assert not any("ia3" in k or "base_layer" in k for k in state)
+    from transformers import AutoModel
+
+    plain = TextModel(AutoModel.from_pretrained(str(llama)), model.tokenizer, text, MELD).eval()
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch), expected, atol=1e-5, rtol=1e-4)
+    shards = meld_shards[0]
+    cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={llama}",
+                                                 "text.finetune=peft", "text.peft.peft_type=IA3",
+                                                 "text.peft.target_modules=[k_proj,v_proj]"])
+    assert cfg.text.peft["peft_type"] == "IA3"
+    for bad, message in ((["text.finetune=peft"], "peft_type"), (["text.finetune=peft", "text.peft.peft_type=NOPE"],
+                         "not one of peft's types"), (["text.peft.peft_type=IA3"], "finetune=peft only")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={llama}", *bad])
+
+
 # -- under the deepspeed launcher: 2 CPU ranks ---------------------------------------------------------------
 
 LLAMA_RUN = ["deepspeed=configs/ds/zero3_fp32.json", "text.finetune=lora", "text.lora.r=4", "text.lora.alpha=8",

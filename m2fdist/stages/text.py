@@ -36,8 +36,8 @@ class TextStage(Stage):
         return param_name.startswith("encoder.")
 
     def frozen_source(self) -> str | None:
-        """LoRA and frozen runs train adapters and the head only: the base is ``text.model``'s weights."""
-        return self.cfg.text.model if self.cfg.text.finetune in ("lora", "frozen") else None
+        """Adapter (LoRA, peft) and frozen runs train adapters and the head only: the base is text.model."""
+        return self.cfg.text.model if self.cfg.text.finetune in ("lora", "peft", "frozen") else None
 
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         if "input_ids" not in batch:  # a loader without the workers' tokeniser
