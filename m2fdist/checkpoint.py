@@ -79,15 +79,21 @@ def read_pointer(ckpt_dir: Path, name: str) -> str | None:
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int,
-         best_tag: str | None) -> str:
-    """Save on every rank, then (rank 0) record metadata, move ``latest`` and prune old tags."""
+         best_tag: str | None, frozen_source: str | None = None) -> str:
+    """Save on every rank, then (rank 0) record metadata, move ``latest`` and prune old tags.
+
+    ``frozen_source``: where the model's frozen parameters come from when it is rebuilt (a LoRA run's base
+    model). They are then left out of the checkpoint (an 8B base is 16 GB per save otherwise); the metadata
+    names the source, and resume and export read them back from it.
+    """
     tag = tag_for(step)
     client_state = {**client_state, "rng": gather_rng()}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=frozen_source is not None)
     dist.barrier()
     if dist.get_rank() == 0:
         meta = {"step": step, "world_size": dist.get_world_size(), "tag": tag,
-                "config": client_state.get("config")}
+                "config": client_state.get("config"), "frozen_source": frozen_source}
         atomic.write_json(Path(ckpt_dir) / tag / META, meta)
         atomic.write_text(Path(ckpt_dir) / "latest", tag)
         prune(Path(ckpt_dir), keep_last, best_tag, tag)
@@ -178,6 +184,12 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str
 
 def saved_config(ckpt_dir: Path, tag: str) -> dict[str, Any] | None:
     return json.loads((Path(ckpt_dir) / tag / META).read_text()).get("config")
+
+
+def frozen_source(ckpt_dir: Path, tag: str) -> str | None:
+    """Where a tag's frozen parameters are (its model's pretrained source), if the save left them out."""
+    path = Path(ckpt_dir) / tag.removesuffix("_universal") / META
+    return json.loads(path.read_text()).get("frozen_source") if path.is_file() else None
 
 
 def saved_world_size(ckpt_dir: Path, tag: str) -> int:

@@ -76,9 +76,12 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
     state = fp32_state_dict(ckpt_dir, tag)
     meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}
-    if cfg.stage == "text" and cfg.text.finetune == "lora":
+    if checkpoint.frozen_source(ckpt_dir, tag) is not None:
+        state = with_frozen_base(cfg, state)
+    if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
         state = merged_lora_state(cfg, state)
-        meta["text_weights"] = "LoRA merged into the base weights"
+        kind = "LoRA" if cfg.text.finetune == "lora" else str(cfg.text.peft.get("peft_type", "")).upper()
+        meta["text_weights"] = f"{kind} merged into the base weights"
     out = Path(out or run_dir / "export")
     tmp = atomic.temp_dir_for(out)
     try:
@@ -94,6 +97,28 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def with_frozen_base(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint that left its frozen base out (LoRA, frozen encoder), completed from ``text.model``.
+
+    Only frozen parameters may be missing: a trained weight absent from the checkpoint is an error, not
+    something the base may stand in for.
+    """
+    from m2fdist.models.text import TextModel
+
+    if cfg.stage != "text":
+        raise ValueError(f"a {cfg.stage} checkpoint without its frozen parameters: only text runs save that way")
+    model = TextModel.from_pretrained(cfg.text, labels=LABELS[cfg.dataset])
+    full = model.state_dict()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trained - set(state))
+    if missing:
+        raise ValueError(f"the checkpoint lacks trained weights {missing[:5]}")
+    unknown = sorted(set(state) - set(full))
+    if unknown:
+        raise ValueError(f"the checkpoint holds weights the model from {cfg.text.model} lacks: {unknown[:5]}")
+    return {k: state.get(k, v).float() if v.is_floating_point() else state.get(k, v) for k, v in full.items()}
 
 
 def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from m2fdist import atomic, runtime
-from m2fdist.config import ConfigError, ExtractConfig, load_extract_config
+from m2fdist.config import ConfigError, ExtractConfig, load_extract_config, read_policy
 from m2fdist.confighelp import config_parser, print_config
 from m2fdist.data.chunks import chunk_loader
 from m2fdist.data.features import FeatureShardWriter
@@ -37,6 +37,7 @@ from m2fdist.export import load_exported
 from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
 from m2fdist.modalities import NAMES as MODALITIES
+from m2fdist.models.text import TokenizeBatch
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.progress import bar as progress_bar
 from m2fdist.raw.base import make_key
@@ -57,9 +58,13 @@ def load_extractors(cfg: ExtractConfig, device: str) -> dict[str, torch.nn.Modul
     return models
 
 
-def text_features(model: torch.nn.Module, metas: list[dict[str, Any]]) -> torch.Tensor:
-    """Sentence vectors of utterances, each with its neighbours' text from its sample's json."""
-    inputs = model.batcher.from_metas(metas)  # the text model's own input format, speakers included
+def text_features(model: torch.nn.Module, metas: list[dict[str, Any]],
+                  inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Sentence vectors of utterances, each with its neighbours' text from its sample's json.
+
+    ``inputs``: the token ids a loader worker already made (``TokenizeBatch``); without them the metas are
+    tokenised here, in the model's own input format (speakers included)."""
+    inputs = inputs or model.batcher.from_metas(metas)
     return model.sentence_vector(**{k: v.to(device_of(model)) for k, v in inputs.items()})
 
 
@@ -69,7 +74,8 @@ def chunk_features(models: dict[str, torch.nn.Module], batch: dict[str, Any],
     """Per-utterance features [n, D] of a chunk of utterances (collated by m2fdist.data.chunks)."""
     out = {}
     if "text" in models:
-        out["text"] = text_features(models["text"], batch["meta"])
+        tokens = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        out["text"] = text_features(models["text"], batch["meta"], tokens or None)
     if "audio" in models:
         m = models["audio"]
         out["audio"] = m(batch["audio"].to(next(m.parameters()).device), batch["audio_len"])
@@ -120,21 +126,23 @@ def run(cfg: ExtractConfig) -> None:
     out = Path(cfg.extract.out)
     out.mkdir(parents=True, exist_ok=True)
     members = ("json",) + (("wav",) if "audio" in models else ()) + (("mp4",) if "visual" in models else ())
-    source = load_index(Path(cfg.data.shards))
+    source = load_index(cfg.data.shards)  # a folder or an allowed URL
     d = cfg.data
     size = (d.frame_width, d.frame_height) if d.frame_width and d.frame_height else None
     faces = None
     if "visual" in models and models["visual"].face is not None:
         settings = FaceSettings(d.num_frames, models["visual"].config.min_face_size)
         faces = open_faces(cfg.visual.faces, d.shards, settings, verbose=rank == 0)
+    # the workers tokenise, as the text stage's do: the main process only runs the models
+    tokenise = TokenizeBatch(models["text"].batcher) if "text" in models else None
     for split in cfg.extract.splits:
         if split not in source["splits"]:
             continue
         name = shard_name(split, rank, world)
         if (out / f"{name}.stats.json").is_file():
             continue
-        loader = chunk_loader(Path(d.shards), split, cfg.extract.chunk_utterances, rank, world, d.num_workers,
-                              d.num_frames, size, members)
+        loader = chunk_loader(d.shards, split, cfg.extract.chunk_utterances, rank, world, d.num_workers,
+                              d.num_frames, size, members, read_policy(cfg), tokenise)
         writer = FeatureShardWriter(out / f"{name}.tar")
         labels: Counter[str] = Counter()
         utterances = largest = 0

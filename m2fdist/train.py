@@ -106,14 +106,18 @@ def check_resume(cfg: RunConfig) -> None:
 def _align_buffers(module: torch.nn.Module) -> None:
     """DeepSpeed's bf16/fp16 casts parameters but not buffers: BatchNorm's running statistics follow here.
 
-    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them.
+    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them. Buffers
+    outside the state dict (non-persistent: a rotary embedding's ``inv_freq``) are derived constants that their
+    module computes with in float32 on purpose (rotary angles lose precision at long positions in bf16), so
+    they keep their dtype too.
     """
     dtype = next(module.parameters()).dtype
     for sub in module.modules():
         if getattr(sub, "keeps_fp32_buffers", False):
             continue
+        transient = getattr(sub, "_non_persistent_buffers_set", set())
         for name, buf in sub.named_buffers(recurse=False):
-            if buf.is_floating_point() and buf.dtype != dtype:
+            if name not in transient and buf.is_floating_point() and buf.dtype != dtype:
                 setattr(sub, name, buf.to(dtype))
 
 
@@ -179,7 +183,9 @@ class Trainer:
         self.state.wandb_id = self.tracker.run_id
 
     def _load(self, ckpt_dir: Path, tag: str) -> None:
-        _, client = self.engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        # a save without the frozen base (LoRA): build_model has just read the base from that same source
+        partial = checkpoint.frozen_source(ckpt_dir, tag) is not None
+        _, client = self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=not partial)
         if client is None:
             raise RuntimeError(f"could not load checkpoint {ckpt_dir}/{tag}")
         self.state = State(**client["state"])
@@ -325,7 +331,7 @@ class Trainer:
             return
         client = {"state": vars(self.state).copy(), "config": self.cfg.to_dict()}
         checkpoint.save(self.engine, self.ckpt_dir, self.state.step, client, self.cfg.train.keep_last,
-                        self.state.best_tag)
+                        self.state.best_tag, self.stage.frozen_source())
         self.last_saved = self.state.step
 
 

@@ -219,6 +219,24 @@ def test_finetune_modes_train_what_they_say(llama):
     assert not frozen.encoder.training and frozen.head.training  # no dropout in a fixed feature extractor
 
 
+def test_bf16_keeps_rotary_frequencies_in_float32(llama):
+    """The trainer casts buffers to the parameters' dtype (BatchNorm statistics), but not a rotary embedding's
+    ``inv_freq``: it is a derived constant that Llama computes its angles with in float32."""
+    from m2fdist.train import _align_buffers
+
+    model = TextModel.from_pretrained(TextConfig(model=str(llama), input_format="prompt"), labels=MELD)
+    model.to(torch.bfloat16)  # what DeepSpeed's bf16 does to parameters (and, by .to, here to buffers too)
+    rotary = [m for m in model.modules() if hasattr(m, "inv_freq")]
+    assert rotary
+    for m in rotary:
+        m.inv_freq = m.inv_freq.float()
+    norm = torch.nn.BatchNorm1d(4)
+    model.add_module("probe_norm", norm)
+    _align_buffers(model)
+    assert all(m.inv_freq.dtype == torch.float32 for m in rotary)
+    assert norm.running_mean.dtype == torch.bfloat16  # persistent statistics still follow the weights
+
+
 def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
     from m2fdist.config import RunConfig
     from m2fdist.export import merged_lora_state
@@ -243,6 +261,44 @@ def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
     assert not torch.equal(before, plain.encoder.layers[0].self_attn.q_proj.weight)
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_other_peft_adapters_train_merge_and_are_checked(llama, meld_shards):
+    """text.finetune=peft takes any peft config as a mapping; IA3 trains only its scaling vectors, merges into
+    a plain model that computes the same, and a wrong spec is a config error before launch."""
+    from m2fdist.config import RunConfig
+    from m2fdist.export import merged_lora_state
+
+    spec = {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+            "feedforward_modules": ["down_proj"]}
+    text = TextConfig(model=str(llama), input_format="prompt", finetune="peft", peft=spec, dropout=0.0)
+    torch.manual_seed(0)
+    model = TextModel.from_pretrained(text, labels=MELD).eval()
+    adapted = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")}
+    assert adapted and all(".ia3_l." in n for n in adapted)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".ia3_l." in n:
+                p.uniform_(0.5, 1.5)  # as if trained: ones would merge to the base weights
+        batch = model.tokenize_metas([TARGET | {"context_prev": PREV}, {"text": "No."}])
+        expected = model(**batch)
+    state = merged_lora_state(RunConfig(stage="text", text=text), model.state_dict())
+    assert not any("ia3" in k or "base_layer" in k for k in state)
+    from transformers import AutoModel
+
+    plain = TextModel(AutoModel.from_pretrained(str(llama)), model.tokenizer, text, MELD).eval()
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch), expected, atol=1e-5, rtol=1e-4)
+    shards = meld_shards[0]
+    cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={llama}",
+                                                 "text.finetune=peft", "text.peft.peft_type=IA3",
+                                                 "text.peft.target_modules=[k_proj,v_proj]"])
+    assert cfg.text.peft["peft_type"] == "IA3"
+    for bad, message in ((["text.finetune=peft"], "peft_type"), (["text.finetune=peft", "text.peft.peft_type=NOPE"],
+                         "not one of peft's types"), (["text.peft.peft_type=IA3"], "finetune=peft only")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={llama}", *bad])
 
 
 # -- under the deepspeed launcher: 2 CPU ranks ---------------------------------------------------------------
@@ -301,8 +357,15 @@ def test_llama_lora_zero3_resumes_exactly_exports_merged_and_feeds_fusion(llama,
     resumed = [r for r in records(b) if r["step"] > 3][-3:]
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in (4, 5, 6)], rel=1e-6, abs=1e-7)
-    # the adapters and the head are what trained; the checkpoint holds them like any weight
+    # the adapters and the head are what trained; the checkpoint holds them (and not the frozen base, which
+    # resume and export read back from text.model)
     assert json.loads((a / "final.json").read_text())["step"] == 6
+    from m2fdist.export import fp32_state_dict
+
+    saved = fp32_state_dict(a / "checkpoints", "step00000006")
+    assert saved and all(".lora_" in k or k.startswith("head.") for k in saved if not k.endswith("inv_freq"))
+    meta6 = json.loads((a / "checkpoints" / "step00000006" / "m2fdist.json").read_text())
+    assert meta6["frozen_source"] == str(llama)
     _export_predicts_like_the_engine(a, shards)
     export = a / "export_latest"
     meta = json.loads((export / "config.json").read_text())

@@ -259,3 +259,25 @@ def test_evaluation_reads_each_shard_once_in_all(meld_shards, world, split):
         assert opened == {s["url"]: 1 for s in entry["shards"]}
     else:
         assert opened == {s["url"]: 1 + (s["url"] == first) * (world - len(entry["shards"])) for s in entry["shards"]}
+
+
+def test_extraction_chunks_read_shards_like_the_loader(meld_shards, http_shards, tmp_path):
+    """Extraction's chunk loader reads through the same source: a URL gives the local folder's chunks, a
+    short shard is an error naming it, and the transform (the tokeniser) runs on each chunk."""
+    from m2fdist.data.chunks import chunk_loader
+
+    shards = meld_shards[0]
+
+    def chunks(location, **kw) -> list[dict]:
+        return list(chunk_loader(location, "test", 3, 0, 1, 0, 2, None, ("json",), **kw))
+
+    local, served = chunks(shards), chunks(http_shards)
+    assert [b["keys"] for b in served] == [b["keys"] for b in local] and local
+    _, real = samples_of(shards)
+    short = crafted(shards, tmp_path / "short", real[:-1], promised=len(real))
+    with pytest.raises(ShardError, match=rf"test-000000\.tar: holds {len(real) - 1} samples, index.json promises"):
+        chunks(short)
+    marked = chunks(shards, transform=lambda b: {**b, "tokens": [len(m["text"]) for m in b["meta"]]})
+    assert [b["tokens"] for b in marked] == [[len(m["text"]) for m in b["meta"]] for b in local]
+    with pytest.raises(ShardError, match="scheme"):
+        chunks("pipe:cat " + str(shards))

@@ -10,12 +10,16 @@ it is the dialog's last, so the consumer writes a dialog as soon as it is comple
 Who reads what: dialogs never span shards (packing keeps them together), so with at least as many shards as
 slots (world × workers) shard j goes to slot j mod S and each shard is read once; with fewer, every slot
 reads them all and keeps dialog i when i ≡ slot (mod S). Each dialog is extracted exactly once.
+
+Shards are read as the training loader reads them: through :class:`~m2fdist.data.source.ShardSource` (a local
+folder or an allowed URL, the read policy's bounds), each shard checked against the count its index entry
+promises, and an optional ``transform`` (the text model's tokeniser) run on each chunk in the worker.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2fdist.data.collate import collate_utterances
 from m2fdist.data.decode import decode_sample
-from m2fdist.data.stream import read_samples
+from m2fdist.data.source import ReadPolicy, ShardSource
+from m2fdist.data.stream import shard_units
 from m2fdist.pack.index import load_index
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _dialog_id(raw: dict[str, Any]) -> tuple:
@@ -36,15 +43,20 @@ class DialogChunks(IterableDataset):
     """One split's utterances for one rank, as collated chunks of at most ``chunk`` utterances, with
     ``dialog`` (id per utterance) and ``last`` (True on a dialog's last utterance) added to each batch."""
 
-    def __init__(self, shards: Path, split: str, chunk: int, rank: int, world: int, workers: int,
-                 num_frames: int, frame_size: tuple[int, int] | None, members: tuple[str, ...]):
+    def __init__(self, shards: str | Path | ShardSource, split: str, chunk: int, rank: int, world: int, workers: int,
+                 num_frames: int, frame_size: tuple[int, int] | None, members: tuple[str, ...],
+                 read: ReadPolicy | None = None, transform: Transform | None = None):
         super().__init__()
         if chunk < 1:
             raise ValueError("chunk must be >= 1")
-        entry = load_index(Path(shards))["splits"][split]
-        self.urls = [str(Path(shards) / s["url"]) for s in entry["shards"]]
+        self.source = shards if isinstance(shards, ShardSource) else ShardSource(shards, read)
+        index = load_index(self.source)
+        if split not in index["splits"]:
+            raise KeyError(f"split {split!r} not in {self.source.url('index.json')} (has {sorted(index['splits'])})")
+        self.shards = index["splits"][split]["shards"]
         self.chunk, self.rank, self.world, self.workers = chunk, rank, world, max(1, workers)
-        self.decode = (num_frames, frame_size, members)
+        self.decode = (num_frames, frame_size, members, len(index.get("label_names", [])), self.source.policy)
+        self.transform = transform
 
     def _samples(self) -> Iterator[tuple[dict[str, Any], bool]]:
         """(raw sample, last of its dialog) for this slot's dialogs, in order, looking one sample ahead:
@@ -52,10 +64,10 @@ class DialogChunks(IterableDataset):
         info = get_worker_info()
         slot = self.rank * self.workers + (info.id if info else 0)
         count = self.world * self.workers
-        urls, keep_every = (self.urls[slot::count], False) if len(self.urls) >= count else (self.urls, True)
+        shards, keep_every = (self.shards[slot::count], False) if len(self.shards) >= count else (self.shards, True)
         pending: tuple[dict[str, Any], tuple] | None = None
         current_id, n = None, -1
-        for raw in read_samples(urls):
+        for raw in (unit for shard in shards for unit in shard_units(self.source, shard, False)):
             did = _dialog_id(raw)
             if did != current_id:
                 current_id, n = did, n + 1
@@ -82,23 +94,23 @@ class DialogChunks(IterableDataset):
         if decoded:
             yield self._collate(decoded, last)
 
-    @staticmethod
-    def _collate(decoded: list[dict[str, Any]], last: list[bool]) -> dict[str, Any]:
+    def _collate(self, decoded: list[dict[str, Any]], last: list[bool]) -> dict[str, Any]:
         batch = collate_utterances(decoded)
         batch["dialog"] = [s["meta"]["dialog"] for s in decoded]
         batch["last"] = last
-        return batch
+        return self.transform(batch) if self.transform else batch
 
 
-def chunk_loader(shards: Path, split: str, chunk: int, rank: int, world: int, workers: int, num_frames: int,
-                 frame_size: tuple[int, int] | None, members: tuple[str, ...]) -> DataLoader:
+def chunk_loader(shards: str | Path | ShardSource, split: str, chunk: int, rank: int, world: int, workers: int,
+                 num_frames: int, frame_size: tuple[int, int] | None, members: tuple[str, ...],
+                 read: ReadPolicy | None = None, transform: Transform | None = None) -> DataLoader:
     """A DataLoader over :class:`DialogChunks`; at most workers × 2 chunks wait decoded in memory."""
-    data = DialogChunks(shards, split, chunk, rank, world, workers, num_frames, frame_size, members)
+    data = DialogChunks(shards, split, chunk, rank, world, workers, num_frames, frame_size, members, read, transform)
     context = None
     if workers:
         import multiprocessing
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "m2fdist.data.chunks"])
+        context.set_forkserver_preload(["torch", "m2fdist.data.chunks", *getattr(transform, "preload", ())])
     return DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
                       multiprocessing_context=context)

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 INPUT_FORMATS = ("sep", "sep_speaker", "past", "prompt")
 POOLINGS = ("first", "last", "mean")
-FINETUNE = ("full", "lora", "frozen")
+FINETUNE = ("full", "lora", "peft", "frozen")
+ADAPTERS = ("lora", "peft")  # modes that train peft adapters on a frozen base
 DTYPES = ("", "float32", "bfloat16", "float16")
 
 # A turn of the dialog: plain text, or a mapping with "text" and (optionally) "speaker", as the samples'
@@ -66,9 +67,13 @@ class TextConfig:
     num_classes: int = 7  # set from dataset by the run config
     pooling: str = ""  # first | last | mean; "": first for encoders, last real token for decoders
     input_format: str = "sep"  # sep | sep_speaker | past | prompt (module docstring)
-    # full: every weight trains; lora: peft adapters on a frozen model (+ the head); frozen: only the head trains
+    # full: every weight trains; lora: peft's LoRA on a frozen model (+ the head); peft: any other peft adapter
+    # (text.peft); frozen: only the head trains
     finetune: str = "full"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # finetune=peft: a peft config as a mapping, peft_type and its fields, e.g. {peft_type: IA3, target_modules:
+    # [k_proj, v_proj, down_proj], feedforward_modules: [down_proj]} (IA3, LOHA, LOKR, ADALORA, ...)
+    peft: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     attn_implementation: str = ""  # "": transformers' default; eager, sdpa, flash_attention_2, ...
     torch_dtype: str = ""  # dtype the weights load in ("": float32); DeepSpeed's bf16 / fp16 casts them anyway
@@ -90,6 +95,27 @@ class TextConfig:
             raise ValueError(f"text.padding_side must be left or right (or empty), not {self.padding_side!r}")
         if self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
             raise ValueError("text.lora: r >= 1, alpha > 0 and 0 <= dropout < 1")
+        if self.finetune == "peft":
+            peft_config(self.peft)  # raises on an unknown type or field, before any launch
+        elif self.peft:
+            raise ValueError("text.peft is read with text.finetune=peft only")
+
+
+def peft_config(spec: Mapping[str, Any]):
+    """peft's config object for ``text.peft`` (a mapping with ``peft_type``); a clear error when it is wrong."""
+    import peft
+
+    spec = dict(spec)
+    kind = str(spec.pop("peft_type", "")).upper()
+    if not kind:
+        raise ValueError("text.finetune=peft needs text.peft.peft_type (e.g. IA3, LOHA, LOKR, ADALORA)")
+    types = {t.value for t in peft.PeftType}
+    if kind not in types:
+        raise ValueError(f"text.peft.peft_type {kind!r} is not one of peft's types {sorted(types)}")
+    try:
+        return peft.get_peft_config({"peft_type": kind, **spec})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"text.peft: {e}") from e
 
 
 def _speaker_text(turn: Turn, with_speaker: bool) -> str:
@@ -354,13 +380,23 @@ class TextModel(nn.Module):
             lora = LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, bias="none",
                               target_modules=_lora_targets(c.lora.target_modules))
             self.encoder = get_peft_model(self.encoder, lora)
+        elif c.finetune == "peft":
+            from peft import get_peft_model
+
+            self.encoder = get_peft_model(self.encoder, peft_config(c.peft))
 
     def merge_adapters(self) -> None:
-        """Fold LoRA into the base weights (W + B·A·alpha/r): a plain model of the base's architecture."""
+        """Fold the adapters into the base weights (LoRA: W + B·A·alpha/r): a plain model of the base's
+        architecture. Adapters that cannot be folded (prompt tuning, ...) are an error, not a silent drop."""
         from peft import PeftModel
 
         if isinstance(self.encoder, PeftModel):
-            self.encoder = self.encoder.merge_and_unload()
+            kind = self.encoder.peft_config["default"].peft_type
+            try:
+                self.encoder = self.encoder.merge_and_unload()
+            except (AttributeError, NotImplementedError, ValueError) as e:
+                raise ValueError(f"a {kind} adapter cannot be merged into the base weights, so it cannot be "
+                                 f"exported as a plain model: {e}") from e
 
     def train(self, mode: bool = True) -> TextModel:
         super().train(mode)

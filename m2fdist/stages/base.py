@@ -61,6 +61,11 @@ class Stage:
     def is_pretrained(self, param_name: str) -> bool:
         return False
 
+    def frozen_source(self) -> str | None:
+        """Where the model's frozen parameters come from when build_model runs again, if they are all loaded
+        from there unchanged (then checkpoints leave them out); None: checkpoints hold every parameter."""
+        return None
+
     # -- data ----------------------------------------------------------------------------------------
     def loader_config(self, train: bool) -> LoaderConfig:
         d = self.cfg.data

@@ -35,6 +35,10 @@ class TextStage(Stage):
     def is_pretrained(self, param_name: str) -> bool:
         return param_name.startswith("encoder.")
 
+    def frozen_source(self) -> str | None:
+        """Adapter (LoRA, peft) and frozen runs train adapters and the head only: the base is text.model."""
+        return self.cfg.text.model if self.cfg.text.finetune in ("lora", "peft", "frozen") else None
+
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         if "input_ids" not in batch:  # a loader without the workers' tokeniser
             inner = getattr(model, "module", model)  # the DeepSpeed engine wraps the TextModel
