@@ -62,6 +62,7 @@ class PipelineConfig:
     # as mean ± std over them; empty: one run with the configs' own train.seed, directly in RUNS
     seeds: list[int] = field(default_factory=list)
 
+
 TRAINED = ("text", "audio", "visual", "fusion")
 
 
@@ -98,6 +99,7 @@ class Pipeline:
 
         if cfg.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
+        seed_plan(cfg)  # a repeated seed is refused before anything runs
         self.cfg = cfg
         self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
