@@ -62,6 +62,7 @@ class PipelineConfig:
     # as mean ± std over them; empty: one run with the configs' own train.seed, directly in RUNS
     seeds: list[int] = field(default_factory=list)
 
+
 TRAINED = ("text", "audio", "visual", "fusion")
 
 
@@ -98,6 +99,7 @@ class Pipeline:
 
         if cfg.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
+        seed_plan(cfg)  # a repeated seed is refused before anything runs
         self.cfg = cfg
         self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
@@ -129,7 +131,8 @@ class Pipeline:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
             raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); log: {log}\n{tail}")
 
-    def run(self) -> Path:
+    def run(self, report: bool = True) -> Path:
+        """Every stage not yet finished, then the report (``report=False``: a seed's run, reported with the rest)."""
         c = self.cfg
         self.pack()
         if c.seeds:
@@ -146,7 +149,7 @@ class Pipeline:
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
         if not self.media:
-            return self.report()
+            return self.report() if report else self.runs
         self.extract()
         self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}"])
         self.export("fusion")
@@ -155,7 +158,7 @@ class Pipeline:
             for name, extra in ABLATIONS.items():
                 self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}", *extra],
                            out=self.runs / f"fusion_{name}")
-        return self.report()
+        return self.report() if report else self.runs
 
     def run_seeds(self) -> Path:
         """Every seed's pipeline in its own folders (shards packed once), then the report over the seeds."""
@@ -164,7 +167,7 @@ class Pipeline:
         folders = {}
         for seed, cfg in seed_plan(self.cfg):
             self.say(f"seed {seed}: runs in {cfg.runs}, features in {cfg.features}")
-            Pipeline(cfg, text_model=self.text_model).run()
+            Pipeline(cfg, text_model=self.text_model).run(report=False)
             folders[seed] = Path(cfg.runs)
         report = write_seed_report(self.runs, folders)
         print((self.runs / "report.md").read_text(), flush=True)

@@ -94,9 +94,18 @@ def bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True,
     how = style(file) if enabled else "off"
     if how == "off":
         return Off()
+    if how == "bar" and _rows(file) == 0 and os.environ.get(ENV, "auto") == "auto":
+        how = "lines"  # a pseudo-terminal of unknown size (0 rows): tqdm would draw nothing there
     if how == "lines":
         return Lines(total, desc, unit, initial, float(os.environ.get(INTERVAL_ENV, 10)), file)
     return _Bar(total=total, desc=desc, unit=unit, initial=initial, file=file, dynamic_ncols=True)
+
+
+def _rows(file: TextIO) -> int | None:
+    try:
+        return os.get_terminal_size(file.fileno()).lines
+    except (OSError, AttributeError, ValueError):  # not a real terminal (a test's stand-in): no size to go by
+        return None
 
 
 class _Bar(tqdm):

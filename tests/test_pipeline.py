@@ -221,7 +221,7 @@ def test_seed_plan():
     assert "train.seed=0" not in " ".join(cfg.overrides["text"])  # the parent config is untouched
     assert seed_plan(PipelineConfig()) == []  # default: one run directly in RUNS, as before
     with pytest.raises(ConfigError, match="repeat"):
-        seed_plan(PipelineConfig(seeds=[1, 1]))
+        Pipeline(PipelineConfig(seeds=[1, 1]))
 
 
 def _report(accs: dict[str, float], f1s: dict[str, float]) -> dict:
