@@ -179,3 +179,17 @@ def test_extract_config_is_its_own_type(tmp_path):
     legacy = tmp_path / "legacy.yaml"
     legacy.write_text("stage: extract\noutput_dir: runs/x\n" + Path("configs/tiny/extract.yaml").read_text())
     assert load_extract_config(legacy, args).extract.audio == str(audio)
+
+
+def test_configs_saved_before_extract_config_still_load_and_resume():
+    """Run configs saved with the old ``extract`` section and fixed widths: exports load, resumes are not refused."""
+    from m2fdist.checkpoint import config_changes
+    from m2fdist.export import from_dict
+
+    old = RunConfig().to_dict()
+    old["extract"] = {"text": "", "audio": "", "visual": "", "out": "shards/meld_features",
+                      "splits": ["train", "dev", "test"], "chunk_utterances": 32}
+    old["fusion"].update(dim_text=1024, dim_audio=300, dim_visual=600)
+    assert from_dict(old).fusion.dim_text == 1024
+    harmless, breaking = config_changes(old, RunConfig().to_dict())
+    assert not breaking and any(line.startswith("extract.out") for line in harmless)
