@@ -83,6 +83,7 @@ def prepare(work: Path) -> dict[str, Path]:
                                          "dialogs": writer.count}], "samples": writer.count,
                              "dialogs": writer.count, "labels": entry["labels"]}
         (out / "index.json").write_text(json.dumps({"format": 1, "kind": "features", "dataset": "meld",
+                                                    "dims": dict(zip(("text", "audio", "visual"), dims, strict=True)),
                                                     "label_names": index["label_names"], "splits": splits}))
     return paths
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist.labels import LABELS
-from m2fdist.modalities import MODALITIES
+from m2fdist.modalities import BY_LETTER, MODALITIES
 from m2fdist.models.audio import AudioConfig
 from m2fdist.models.dialog import DialogConfig
 from m2fdist.models.text import TextConfig
@@ -360,7 +360,13 @@ def resolve_feature_dims(cfg: RunConfig, index: dict[str, Any]) -> None:
     if index.get("kind") != "features":
         raise ConfigError(f"data.shards={cfg.data.shards} holds utterance shards: the fusion stage reads the "
                           "dialog features `m2fdist extract` writes")
-    dims = index.get("dims") or {}
+    if "dims" not in index:  # written by hand or by an older tool: explicit widths are trusted
+        unset = [f"fusion.{BY_LETTER[c].dim_key}" for c in cfg.fusion.modalities
+                 if not getattr(cfg.fusion, BY_LETTER[c].dim_key)]
+        if unset:
+            raise ConfigError(f"{cfg.data.shards}/index.json records no feature widths (dims): set {', '.join(unset)}")
+        return
+    dims = index["dims"]
     for m in MODALITIES:
         key, given, have = f"fusion.{m.dim_key}", getattr(cfg.fusion, m.dim_key), dims.get(m.name)
         if have is None:

@@ -10,6 +10,7 @@ import io
 import tarfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 
 def add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
@@ -21,7 +22,7 @@ def add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> Non
         tar.addfile(info, io.BytesIO(data))
 
 
-def open_tar(fileobj_or_path: Path | io.BufferedWriter) -> tarfile.TarFile:
+def open_tar(fileobj_or_path: Path | str | BinaryIO) -> tarfile.TarFile:
     """A tar for writing in USTAR format (what webdataset and every tar reader accept)."""
     if isinstance(fileobj_or_path, Path | str):
         return tarfile.open(fileobj_or_path, "w", format=tarfile.USTAR_FORMAT)

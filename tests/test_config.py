@@ -86,6 +86,15 @@ def test_fusion_dims_are_read_from_the_features_index(tiny_features, tmp_path):
     assert (cfg.fusion.dim_text, cfg.fusion.dim_audio) == (24, 0)
     with pytest.raises(ConfigError, match="fusion.modalities=TAV uses audio, but .* holds no audio features"):
         load_config("configs/tiny/fusion.yaml", [f"data.shards={text_only}"])
+    # an index without recorded widths (written by another tool): explicit widths are trusted, unset ones refused
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    index = json.loads((tiny_features / "index.json").read_text())
+    (bare / "index.json").write_text(json.dumps({k: v for k, v in index.items() if k != "dims"}))
+    with pytest.raises(ConfigError, match="records no feature widths .*: set fusion.dim_text, fusion.dim_audio"):
+        load_config("configs/tiny/fusion.yaml", [f"data.shards={bare}"])
+    dims = ["fusion.dim_text=8", "fusion.dim_audio=8", "fusion.dim_visual=8"]
+    assert load_config("configs/tiny/fusion.yaml", [f"data.shards={bare}", *dims]).fusion.dim_visual == 8
     # the fusion stage on utterance shards, or another stage on features, is refused
     with pytest.raises(ConfigError, match="holds utterance shards: the fusion stage reads"):
         load_config("configs/tiny/fusion.yaml", [f"data.shards={utterance_index(tmp_path / 'utt')}"])
@@ -170,3 +179,17 @@ def test_extract_config_is_its_own_type(tmp_path):
     legacy = tmp_path / "legacy.yaml"
     legacy.write_text("stage: extract\noutput_dir: runs/x\n" + Path("configs/tiny/extract.yaml").read_text())
     assert load_extract_config(legacy, args).extract.audio == str(audio)
+
+
+def test_configs_saved_before_extract_config_still_load_and_resume():
+    """Run configs saved with the old ``extract`` section and fixed widths: exports load, resumes are not refused."""
+    from m2fdist.checkpoint import config_changes
+    from m2fdist.export import from_dict
+
+    old = RunConfig().to_dict()
+    old["extract"] = {"text": "", "audio": "", "visual": "", "out": "shards/meld_features",
+                      "splits": ["train", "dev", "test"], "chunk_utterances": 32}
+    old["fusion"].update(dim_text=1024, dim_audio=300, dim_visual=600)
+    assert from_dict(old).fusion.dim_text == 1024
+    harmless, breaking = config_changes(old, RunConfig().to_dict())
+    assert not breaking and any(line.startswith("extract.out") for line in harmless)
