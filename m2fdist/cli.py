@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pipeline", "pack → text → audio → visual → extract → fusion → report"),
                        ("report", "report.json, confusion matrices and the modality ablation table of a run"),
                        ("eval", "score an exported model (or RUNS/model) on one split of shards"),
-                       ("predict", "emotions and class probabilities for clips + CSV in MELD's layout"),
+                       ("predict", "each utterance's emotion: a CSV / JSONL manifest, or a MELD / IEMOCAP tree"),
                        ("faces", "find every packed utterance's faces once (MTCNN), for the visual stages")):
         sub.add_parser(name, help=what, add_help=False)
     return p

@@ -75,7 +75,8 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     if not (ckpt_dir / tag / checkpoint.META).is_file():
         raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
     state = fp32_state_dict(ckpt_dir, tag)
-    meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage}
+    # the label names in output order travel with the weights: a reader needs no table to name the classes
+    meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage, "labels": list(LABELS[cfg.dataset])}
     if checkpoint.frozen_source(ckpt_dir, tag) is not None:
         state = with_frozen_base(cfg, state)
     if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
@@ -142,6 +143,17 @@ def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[st
     return {k: v for k, v in model.state_dict().items() if not v.is_meta}
 
 
+def labels_of(meta: dict[str, Any]) -> list[str]:
+    """The class names of an export's outputs, in order: its own ``labels`` (exports since they carry them),
+    else the label set of the dataset it was trained on."""
+    labels = meta.get("labels")
+    if labels is None:
+        return list(LABELS[meta["run"]["dataset"]])
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ValueError(f"the export's labels must be a non-empty list of names, not {labels!r}")
+    return labels
+
+
 def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module]:
     """(config, model in eval mode) from an export folder."""
     from safetensors.torch import load_file
@@ -153,6 +165,10 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
         raise FileNotFoundError(f"{path / WEIGHTS} not found: run `m2fdist export` first")
     meta = json.loads((path / CONFIG).read_text())
     cfg = from_dict(meta["run"])
+    labels = labels_of(meta)
+    if len(labels) != cfg.num_classes:
+        raise ValueError(f"{path / CONFIG}: {len(labels)} labels {labels}, but the {cfg.dataset} model has "
+                         f"{cfg.num_classes} outputs")
     if cfg.stage == "text":
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -162,7 +178,7 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
         model_config = AutoConfig.from_pretrained(enc)
         kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
         encoder = AutoModel.from_config(model_config, **kwargs)  # plain: LoRA was merged at export
-        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text, LABELS[cfg.dataset])
+        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text, labels)
     else:
         model = STAGES[cfg.stage](cfg).build_model()
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
@@ -171,16 +187,53 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
     return cfg, model.to(device).eval()
 
 
+BUNDLE_PARTS = ("text", "audio", "visual", "fusion")
+
+
+def write_bundle(runs: Path, out: Path | None = None) -> Path:
+    """``RUNS/model``: the stage exports a prediction needs, the bundle's ``config.json`` and its model card.
+
+    A pipeline with a fusion stage ships text, audio, visual and fusion; a text-only pipeline ships text alone
+    (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is generated
+    from the exports' configs and, when the pipeline's ``report.json`` exists, its scores; call this again
+    after the report to refresh the card. Parts are copied whole, then the card and config are written last.
+    """
+    from m2fdist import __version__
+    from m2fdist.card import model_card
+
+    runs = Path(runs)
+    out = Path(out or runs / "model")
+    fused = (runs / "fusion" / "export" / WEIGHTS).is_file()
+    parts = BUNDLE_PARTS if fused else ("text",)
+    missing = [p for p in parts if not (runs / p / "export" / WEIGHTS).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{runs}: no export of {', '.join(missing)} (m2fdist export {runs}/STAGE)")
+    for part in parts:
+        shutil.copytree(runs / part / "export", out / part, dirs_exist_ok=True)
+    metas = {p: json.loads((out / p / CONFIG).read_text()) for p in parts}
+    main_meta = metas["fusion" if fused else "text"]
+    config = {"format": "m2fdist-bundle", "m2fdist": __version__, "dataset": main_meta["run"]["dataset"],
+              "labels": labels_of(main_meta), "parts": list(parts)}
+    report_path = runs / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    atomic.write_text(out / "README.md", model_card(config, metas, report))
+    atomic.write_json(out / CONFIG, config)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="m2fdist export", description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a stage's output_dir")
+    p.add_argument("run", type=Path, help="a stage's output_dir (with --bundle: a pipeline's runs folder)")
     p.add_argument("--tag", default="best", help="best, latest, or a checkpoint tag")
-    p.add_argument("--out", type=Path, default=None, help="default: RUN/export")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/export (with --bundle: RUN/model)")
+    p.add_argument("--bundle", action="store_true", help="(re)write the bundle of a pipeline's runs folder from "
+                   "its stage exports: what predict and M2FNet.from_pretrained load, with its model card (scores "
+                   "from RUN/report.json when there is one)")
     args = p.parse_args(argv)
     try:
-        print(export(args.run, args.tag, args.out))
+        print(write_bundle(args.run, args.out) if args.bundle else export(args.run, args.tag, args.out))
     except (FileNotFoundError, ValueError) as e:
         print(f"m2fdist export: {e}", file=sys.stderr)
         return 2

@@ -178,6 +178,7 @@ class Pipeline:
         from m2fdist.report import write_report
 
         report = write_report(self.runs)
+        self.bundle()  # again: the model card now carries the report's scores (text only: the first bundle)
         print((self.runs / "report.md").read_text(), flush=True)
         self.say(f"done: {report}, {self.runs / 'report.md'}, its figures (PNG) and W&B offline runs in {self.runs}")
         return report
@@ -222,12 +223,12 @@ class Pipeline:
         export(out, "best")
 
     def bundle(self) -> None:
-        """RUNS/model: the four exports together, what `m2fdist predict --model` loads."""
-        import shutil
+        """RUNS/model: the exports together with a model card, what `m2fdist predict --model` and
+        `M2FNet.from_pretrained` load."""
+        from m2fdist.export import write_bundle
 
-        for stage in ("text", "audio", "visual", "fusion"):
-            shutil.copytree(self.runs / stage / "export", self.runs / "model" / stage, dirs_exist_ok=True)
-        self.say(f"model: {self.runs / 'model'} (m2fdist predict --model {self.runs / 'model'} --root DIR)")
+        write_bundle(self.runs)
+        self.say(f"model: {self.runs / 'model'} (m2fdist predict --model {self.runs / 'model'} --manifest FILE)")
 
     def extract(self) -> None:
         c = self.cfg

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from launching import deepspeed, fusion_args
 from PIL import Image
 
@@ -287,3 +288,196 @@ def test_pipeline_over_seeds(pipeline_runs, work, features, tmp_path, capsys):
     (runs / "report.json").unlink()
     assert cli(["report", str(runs)]) == 0
     assert json.loads((runs / "report.json").read_text())["ablation"] == report["ablation"]
+
+
+# -- prediction on any dialogs, the Python API, sharing --------------------------------------------------------
+
+
+def _ffmpeg(*args: str) -> None:
+    from m2fdist.media import ffmpeg_exe, run_ffmpeg
+
+    assert run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]).returncode == 0
+
+
+def _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys) -> tuple[dict, str, list[dict]]:
+    """MELD-layout predictions, and one fully predicted test dialog re-laid out unlike MELD: nested folders, an
+    mp4 by absolute path, and a silent video + wav pair (the wav cut from the clip as the reader would decode it)."""
+    root, _ = meld_raw
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root), "--no-progress"]) == 0
+    meld_rows = json.loads(capsys.readouterr().out)
+    by_dialog: dict[str, list] = {}
+    for r in meld_rows:
+        if r["split"] == "test":
+            by_dialog.setdefault(r["dialog"], []).append(r)
+    dialog = max((d for d, rs in by_dialog.items() if all(r["emotion"] for r in rs)),
+                 key=lambda d: len(by_dialog[d]))
+    rows = by_dialog[dialog]
+    assert len(rows) >= 2
+    media = tmp_path / "media"
+    out = []
+    for i, r in enumerate(rows):
+        clip = root / "output_repeated_splits_test" / f"dia{r['dialog']}_utt{r['utt']}.mp4"
+        row = {"dialog": f"talk {dialog}", "utt": int(r["utt"]), "speaker": r["speaker"], "text": r["text"]}
+        if i == 1:  # video without sound + the sound as a wav, in separate folders
+            (media / "silent").mkdir(parents=True, exist_ok=True)
+            (media / "sound" / "x").mkdir(parents=True, exist_ok=True)
+            _ffmpeg("-i", str(clip), "-an", "-c:v", "copy", str(media / "silent" / f"{i}.mp4"))
+            _ffmpeg("-i", str(clip), "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-bitexact",
+                    str(media / "sound" / "x" / f"{i}.wav"))
+            row.update(video=f"../media/silent/{i}.mp4", audio=f"../media/sound/x/{i}.wav")
+        else:
+            target = media / "deep" / f"n{i}" / "clip.mp4"
+            target.parent.mkdir(parents=True)
+            shutil.copy(clip, target)
+            row["video"] = str(target) if i == 0 else f"../media/deep/n{i}/clip.mp4"  # absolute, then relative
+        out.append(row)
+    want = {(f"talk {dialog}", str(int(r["utt"]))): r["probs"] for r in rows}
+    return want, dialog, out
+
+
+def test_predict_on_manifests_in_any_layout(pipeline_runs, meld_raw, tmp_path, capsys):
+    want, dialog, utts = _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys)
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    bad = [{"dialog": "other", "utt": 0, "speaker": "A", "text": "where is it", "video": "../media/gone.mp4"},
+           {"dialog": "other", "utt": 1, "speaker": "A", "text": ""}]
+    shuffled = [utts[-1], *bad, *utts[:-1]]  # rows of a dialog need not be adjacent nor in order
+    with (folder / "m.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["dialog", "utt", "speaker", "text", "video", "audio"])
+        writer.writeheader()
+        writer.writerows(shuffled)
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shuffled))
+    outputs = []
+    for name in ("m.csv", "m.jsonl"):
+        assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / name)]) == 0
+        said = capsys.readouterr()
+        assert "predict: 100%" in said.err  # the progress bar
+        rows = json.loads(said.out)
+        got = {(r["dialog"], r["utt"]): r for r in rows}
+        # the same utterances give the same probabilities as in MELD's layout: ordering, context, wav + video
+        assert {k for k, r in got.items() if r["emotion"]} == set(want)
+        for key, probs in want.items():
+            assert got[key]["probs"] == pytest.approx(probs, abs=2e-6)
+            assert got[key]["emotion"] == max(probs, key=probs.get)
+        skips = sorted(r["skipped"] for r in rows if r["emotion"] is None)
+        line = 3 if name.endswith(".csv") else 2  # the CSV's header is line 1
+        assert skips == [f"{name}:{line}: video file missing: {tmp_path / 'media' / 'gone.mp4'}",
+                         f"{name}:{line + 1}: no text"]
+        outputs.append(rows)
+    # the same rows either way (a skip names its own file and line)
+    assert [{k: v for k, v in r.items() if k != "skipped"} for r in outputs[0]] == [
+        {k: v for k, v in r.items() if k != "skipped"} for r in outputs[1]]
+    # CSV output of a manifest (no split), on an explicit device, in batches of one
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / "m.csv"), "--format",
+                         "csv", "--out", str(tmp_path / "p.csv"), "--device", "cpu", "--batch-size", "1",
+                         "--no-progress"]) == 0
+    table = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
+    assert {(r["dialog"], r["utt"]): float(r["neutral"]) for r in table if r["emotion"]} == pytest.approx(
+        {k: p["neutral"] for k, p in want.items()}, abs=2e-6)
+    # errors are one line, not a traceback
+    assert predict_main(["--model", str(tmp_path / "nowhere"), "--manifest", str(folder / "m.csv")]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+    (folder / "h.csv").write_text("dialog,text\nx,hi\n")
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / "h.csv")]) == 2
+    assert "missing columns ['utt']" in capsys.readouterr().err
+
+
+def test_python_api_round_trip_and_model_card(pipeline_runs, meld_raw, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    from m2fdist import M2FNet
+    from m2fdist.export import write_bundle
+
+    write_report(pipeline_runs)
+    bundle = write_bundle(pipeline_runs, tmp_path / "bundle")  # as the pipeline does after its report
+    want, dialog, utts = _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys)
+    (tmp_path / "lists").mkdir()
+    model = M2FNet.from_pretrained(bundle)
+    assert model.labels == ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]
+    model.save_pretrained(tmp_path / "shared")
+    files = {p.relative_to(tmp_path / "shared").as_posix() for p in (tmp_path / "shared").rglob("*") if p.is_file()}
+    assert {"README.md", "config.json", "fusion/model.safetensors", "text/text_encoder/config.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".py"))]
+    for part in ("text", "audio", "visual", "fusion"):  # the weights themselves round-trip
+        a, b = load_file(str(bundle / part / "model.safetensors")), load_file(str(tmp_path / "shared" / part /
+                                                                                   "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = M2FNet.from_pretrained(tmp_path / "shared", device="cpu")
+    # plain Python dialogs, paths relative to the working folder: the same answers as the CLI's
+    monkeypatch.chdir(tmp_path / "lists")  # the manifest's folder: its relative paths hold from here
+    dialogs = [[{k: v for k, v in u.items() if k not in ("dialog", "utt")} for u in utts],
+               [{"speaker": "A", "text": "hello", "video": "nothing.mp4"}]]
+    out = again.predict(dialogs)
+    assert [len(d) for d in out] == [len(utts), 1]
+    for u, r in zip(utts, out[0], strict=True):
+        assert r["probs"] == pytest.approx(want[(u["dialog"], str(u["utt"]))], abs=2e-6)
+    assert out[1][0] == {"emotion": None, "probs": None,
+                         "skipped": f"video file missing: {tmp_path / 'lists' / 'nothing.mp4'}"}
+    # the model card: front matter, data, config, the report's scores and per-class F1, use and limits
+    report = json.loads((pipeline_runs / "report.json").read_text())
+    card = (tmp_path / "shared" / "README.md").read_text()
+    assert card == (bundle / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: m2fdist\n") and "datasets:\n- meld\n" in card
+    assert "MELD's own train / dev / test splits" in card and "| fusion | " in card and "modalities TAV" in card
+    test = report["splits"]["test"]
+    assert f"| test | {100 * test['accuracy']:.2f} | {100 * test['weighted_f1']:.2f} |" in card
+    for label in model.labels:
+        f1 = [report["splits"][s]["per_class_f1"].get(label) for s in report["splits"]]
+        row = f"| {label} | " + " | ".join("—" if x is None else f"{100 * x:.2f}" for x in f1) + " |"
+        assert row in card
+    assert "| T+A+V fused |" in card and "## Intended use and limits" in card
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(card).data.library_name == "m2fdist"  # the Hub reads the front matter
+
+
+def test_text_only_bundle_predicts_without_media(text_run, meld_raw, tmp_path, capsys):
+    """A text-only pipeline's bundle is its text model: dialogs need no media, and it answers as the engine did."""
+    from m2fdist import M2FNet
+    from m2fdist.export import write_bundle
+    from m2fdist.raw import read_meld
+
+    runs = tmp_path / "runs"
+    shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    write_report(runs)
+    bundle = write_bundle(runs)
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "text"]
+    assert "It reads each utterance's text with its neighbours' text." in (bundle / "README.md").read_text()
+    model = M2FNet.from_pretrained(bundle)
+    assert model.needs == "" and list(model.exports) == ["text"]
+    live = {r["key"]: r["probs"] for r in map(json.loads, (text_run / "predictions" / "dev.jsonl").read_text()
+                                               .splitlines())}
+    dialogs = read_meld(meld_raw[0], splits=("dev",)).splits["dev"]
+    out = model.predict([[{"speaker": u.speaker, "text": u.text} for u in d] for d in dialogs])
+    compared = 0
+    for d, rows in zip(dialogs, out, strict=True):
+        for u, r in zip(d, rows, strict=True):
+            if u.key in live:  # packed and scored by the engine at the exported checkpoint
+                assert [r["probs"][n] for n in model.labels] == pytest.approx(live[u.key], abs=2e-6)
+                compared += 1
+    assert compared == len(live) > 0  # every utterance the engine scored
+    # the same through the command, from a manifest with no media columns
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dialog", "utt", "speaker", "text"])
+        writer.writerows([[u.dialog, u.utt, u.speaker, u.text] for d in dialogs for u in d])
+    assert predict_main(["--model", str(bundle), "--manifest", str(tmp_path / "m.csv"), "--no-progress"]) == 0
+    rows = {(r["dialog"], r["utt"]): r["probs"] for r in json.loads(capsys.readouterr().out)}
+    assert rows == {(u.dialog, u.utt): r["probs"] for d, rs in zip(dialogs, out, strict=True)
+                    for u, r in zip(d, rs, strict=True)}
+
+
+def test_predict_on_iemocap_layout(pipeline_runs, iemocap_raw, tmp_path, capsys):
+    """IEMOCAP's layout: each turn cut out of its dialog's avi, its sound from the sentence wav."""
+    root, manifest = iemocap_raw
+    tree = tmp_path / "dl" / "IEMOCAP_full_release"  # one session is enough; found a level down
+    shutil.copytree(root / "Session5", tree / "Session5")
+    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(tmp_path / "dl"), "--layout",
+                         "iemocap", "--no-progress"]) == 0
+    said = capsys.readouterr()
+    rows = json.loads(said.out)
+    six = {"neu", "hap", "sad", "ang", "exc", "fru"}
+    turns = {m["utt"]: m for m in manifest["utterances"] if m["utt"].startswith("Ses05") and m["label"] in six}
+    assert {r["utt"] for r in rows} == set(turns) and f"IEMOCAP: reading {tree}" in said.err
+    assert all(r["emotion"] in r["probs"] and r["split"] == "test" for r in rows)  # the MELD model's labels
+    assert all(r["text"] == turns[r["utt"]]["text"] for r in rows)

@@ -1,0 +1,212 @@
+"""The Python API: an exported M2FNet that loads, predicts and shares the Hugging Face way.
+
+    from m2fdist import M2FNet
+
+    model = M2FNet.from_pretrained("runs/meld/model")          # a bundle folder, or a Hub id
+    dialogs = [[{"speaker": "Ross", "text": "Hi!", "video": "clips/a.mp4"},
+                {"speaker": "Rachel", "text": "Oh my God.", "video": "clips/b.mp4", "audio": "clips/b.wav"}]]
+    out = model.predict(dialogs)      # per dialog, per utterance: {"emotion": "joy", "probs": {...}}
+    model.save_pretrained("somewhere/")                     # the same bundle layout, model card included
+    model.push_to_hub("me/m2fnet-meld")                     # needs a Hub token and network
+
+A bundle is the stage exports of ``m2fdist export`` (``text/``, ``audio/``, ``visual/``, ``fusion/``; ``text/``
+alone for a text-only model), a ``config.json`` naming its dataset and labels, and a ``README.md`` model card.
+Weights are safetensors and configs JSON: loading one never unpickles, and downloads from the Hub fetch only
+those file types. ``m2fdist predict`` runs through this class, so the CLI and the API predict alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelHubMixin
+
+from m2fdist.export import BUNDLE_PARTS, CONFIG, WEIGHTS, labels_of, load_exported
+
+# What a Hub download may fetch: weights, configs, tokenizer vocabularies and the card. Never pickles or code.
+SAFE_FILES = ["*.safetensors", "*.json", "*.txt", "*.md"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is cuda when a GPU is visible, else cpu; asking for cuda without one is an error, not a crash."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible (use cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
+    return device
+
+
+class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/abs/2206.02187",
+             tags=["emotion-recognition-in-conversation", "multimodal", "m2fnet"]):
+    """An exported M2FNet: its stage models, their saved configs, its labels and its model card."""
+
+    def __init__(self, exports: dict[str, tuple[Any, Any]], metas: dict[str, dict[str, Any]],
+                 card: str | None = None, encoder_config: dict[str, Any] | None = None):
+        from m2fdist import __version__
+        from m2fdist.predict import needs_of
+
+        self.exports, self.metas, self.card, self.encoder_config = exports, metas, card, encoder_config
+        main = metas.get("fusion") or metas["text"]
+        self.dataset: str = main["run"]["dataset"]
+        self.labels: list[str] = labels_of(main)
+        self.needs: str = needs_of(exports)  # what it reads besides text: "AV", "A", "V" or ""
+        self.config = {"format": "m2fdist-bundle", "m2fdist": __version__, "dataset": self.dataset,
+                       "labels": self.labels, "parts": list(exports)}
+        self._hub_mixin_config = self.config
+
+    # -- loading and saving ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> M2FNet:
+        """A bundle from a local folder or a Hub repository (``device="cpu" | "cuda" | "auto"``)."""
+        name = str(pretrained_model_name_or_path)
+        if not Path(name).is_dir() and (Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise FileNotFoundError(f"{name} is not a model folder (a bundle such as RUNS/model, or a Hub id)")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
+                         local_files_only: bool, token: Any, device: str = "cpu", **_: Any) -> M2FNet:
+        path = Path(model_id)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir, token=token,
+                                          force_download=force_download, local_files_only=local_files_only,
+                                          allow_patterns=SAFE_FILES))
+        return cls.load(path, device)
+
+    @classmethod
+    def load(cls, path: Path, device: str = "cpu") -> M2FNet:
+        """A bundle folder, or a text stage's export alone (a text-only model)."""
+        path, device = Path(path), resolve_device(device)
+        if (path / WEIGHTS).is_file():  # one stage's export: only a text classifier predicts on its own
+            meta = json.loads((path / CONFIG).read_text())
+            if meta.get("stage") != "text":
+                raise ValueError(f"{path} is the {meta.get('stage')} stage's export; give the bundle (RUNS/model)")
+            roots = {"text": path}
+        else:
+            if not (path / "text" / WEIGHTS).is_file():
+                raise FileNotFoundError(f"{path} holds no text/{WEIGHTS}: give a bundle (the pipeline writes "
+                                        "RUNS/model) or a text stage's export")
+            roots = {p: path / p for p in BUNDLE_PARTS if (path / p / WEIGHTS).is_file()}
+        exports = {"fusion": load_exported(roots["fusion"], device)} if "fusion" in roots else {}
+        mods = exports["fusion"][0].fusion.modalities if exports else ""
+        needed = ["text", *(part for m, part in (("A", "audio"), ("V", "visual")) if m in mods)]
+        if missing := [p for p in needed if p not in roots]:
+            raise FileNotFoundError(f"{path}: the fusion model reads {', '.join(missing)}, but the bundle has no "
+                                    f"{', '.join(m + '/' for m in missing)} export")
+        exports.update({p: load_exported(roots[p], device) for p in needed})
+        exports = {p: exports[p] for p in BUNDLE_PARTS if p in exports}  # parts it does not read are not loaded
+        metas = {p: json.loads((roots[p] / CONFIG).read_text()) for p in exports}
+        own = path / CONFIG if roots.get("text") != path else None
+        model = cls(exports, metas, card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
+                    encoder_config=json.loads((roots["text"] / "text_encoder" / CONFIG).read_text()))
+        if own is not None and own.is_file():
+            said = json.loads(own.read_text()).get("labels")
+            if said is not None and said != model.labels:
+                raise ValueError(f"{own}: labels {said} differ from the model's {model.labels}")
+        return model
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The bundle layout: per part model.safetensors + config.json (+ the text encoder's config and
+        tokenizer), the bundle's config.json and its model card."""
+        from safetensors.torch import save_file
+
+        from m2fdist import atomic
+        from m2fdist.card import model_card
+
+        for part, (_, module) in self.exports.items():
+            folder = Path(save_directory) / part
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()},
+                      str(folder / WEIGHTS))
+            atomic.write_json(folder / CONFIG, self.metas[part])
+            if part == "text":
+                module.tokenizer.save_pretrained(folder / "text_encoder")
+                atomic.write_json(folder / "text_encoder" / CONFIG, self.encoder_config, indent=2)
+        atomic.write_json(Path(save_directory) / CONFIG, self.config)
+        atomic.write_text(Path(save_directory) / "README.md", self.card or model_card(self.config, self.metas, None))
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        from m2fdist.card import model_card
+
+        return ModelCard(self.card or model_card(self.config, self.metas, None))
+
+    def to(self, device: str) -> M2FNet:
+        device = resolve_device(device)
+        for _, module in self.exports.values():
+            module.to(device)
+        return self
+
+    # -- predicting ---------------------------------------------------------------------------------------
+
+    def predict_corpus(self, corpus: Any, batch_size: int = 16, faces: Path | None = None,
+                       progress: bool = False) -> dict[str, dict[str, Any]]:
+        """Per utterance key of a reader's corpus: ``emotion``, ``probs`` by label, and ``skipped`` or ``note``."""
+        from tqdm import tqdm
+
+        from m2fdist.predict import predict_dialog
+
+        face_set = None
+        if faces is not None and "V" in self.needs:
+            from m2fdist.faces import FaceSet, FaceSettings
+
+            vis = self.exports["visual"][0]
+            face_set = FaceSet(faces, FaceSettings(vis.data.num_frames, vis.visual.min_face_size))
+        dialogs = [d for split in corpus.splits.values() for d in split]
+        results: dict[str, dict[str, Any]] = {}
+        with tqdm(total=sum(map(len, dialogs)), desc="predict", unit="utt", disable=not progress,
+                  file=sys.stderr) as bar:
+            for dialog in dialogs:
+                probs, reasons, notes = predict_dialog(self.exports, dialog, batch_size, face_set, bar.update)
+                for u in dialog:
+                    if u.key in probs:
+                        p = probs[u.key]
+                        results[u.key] = {"emotion": self.labels[int(p.argmax())],
+                                          "probs": {n: round(float(x), 6) for n, x in zip(self.labels, p, strict=True)}}
+                        if u.key in notes:
+                            results[u.key]["note"] = notes[u.key]
+                    else:
+                        results[u.key] = {"emotion": None, "probs": None, "skipped": reasons[u.key]}
+        return results
+
+    def predict(self, dialogs: Sequence[Sequence[dict[str, Any]]], batch_size: int = 16,
+                progress: bool = False) -> list[list[dict[str, Any]]]:
+        """Emotions of plain-Python dialogs: a list of dialogs, each a list of utterances in order, each a dict
+        with ``text``, and ``speaker``, ``video`` (an mp4), ``audio`` (a wav beside a silent video), ``start`` /
+        ``end`` (a span of a longer video) as the model needs. Paths are absolute or relative to the working
+        folder. Returns, aligned with the input, per utterance ``{"emotion", "probs"}`` (probabilities by
+        label), or ``{"emotion": None, "probs": None, "skipped": reason}`` for one that cannot be read.
+        """
+        from m2fdist.raw.base import Corpus, add_context
+        from m2fdist.raw.manifest import utterance
+
+        out: list[list[dict[str, Any]]] = []
+        kept: list[list[Any]] = []
+        for di, dialog in enumerate(dialogs):
+            out.append([])
+            kept.append([])
+            for ui, fields in enumerate(dialog):
+                try:
+                    if not isinstance(fields, dict):
+                        raise ValueError(f"an utterance is a dict, not {type(fields).__name__}")
+                    u = utterance(fields, Path.cwd(), self.needs)
+                except ValueError as e:
+                    out[-1].append({"emotion": None, "probs": None, "skipped": str(e)})
+                    continue
+                u.dialog, u.utt, u.key = str(di), str(ui), f"d{di}_u{ui}"
+                kept[-1].append(u)
+                out[-1].append({"key": u.key})
+        add_context(kept, 8)
+        results = self.predict_corpus(Corpus("python", {"": [d for d in kept if d]}, []), batch_size,
+                                      progress=progress)
+        return [[results[r["key"]] if "key" in r else r for r in dialog] for dialog in out]

@@ -1,0 +1,159 @@
+"""Dialogs in any folder layout: a CSV or JSONL manifest, or plain Python structures (``M2FNet.predict``).
+
+A manifest has one row per utterance with the columns (JSONL: keys)
+
+- ``dialog``: the dialog's id (any string); rows of a dialog need not be adjacent,
+- ``utt``: the utterance's position in its dialog (an integer; the dialog is ordered by it),
+- ``text``, and optionally ``speaker``,
+- ``video``: the utterance's clip (an mp4 with its soundtrack, or a video whose sound is in ``audio``),
+- ``audio``: optionally, a separate wav of the utterance,
+- ``start`` / ``end``: optionally, the utterance's span in seconds inside a longer ``video`` (a whole dialog's).
+
+Paths are absolute or relative to the manifest's folder. Media columns are read only when the model needs
+them (a text-only model takes a manifest without any). A row that cannot be used is a :class:`Skip` with its
+line and reason; the other rows are still read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from m2fdist.raw.base import Corpus, Skip, Utterance, add_context
+
+REQUIRED = ("dialog", "utt", "text")
+OPTIONAL = ("speaker", "video", "audio", "start", "end")
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {value!r} is not a number of seconds") from None
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{name} {value!r} must be a finite number >= 0")
+    return x
+
+
+def _path(value: Any, base: Path, name: str) -> Path | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"{name} must be a path, not {type(value).__name__}")
+    path = Path(os.path.normpath(Path(value) if Path(value).is_absolute() else base / value))
+    if not path.is_file():
+        raise ValueError(f"{name} file missing: {path}")
+    return path
+
+
+def utterance(fields: Mapping[str, Any], base: Path, needs: str) -> Utterance:
+    """One utterance from a row's fields; ValueError says why the row cannot be used.
+
+    ``needs`` is what the model reads besides text: "A" (audio), "V" (video), both or neither. Media fields the
+    model does not read are ignored, so their files need not exist.
+    """
+    text = fields.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("no text")
+    speaker = fields.get("speaker") or ""
+    if not isinstance(speaker, str):
+        raise ValueError(f"speaker must be a string, not {type(speaker).__name__}")
+    video = audio = None
+    start = end = None
+    if needs:
+        video = _path(fields.get("video"), base, "video")
+        audio = _path(fields.get("audio"), base, "audio") if "A" in needs else None
+        if video is None and ("V" in needs or audio is None):
+            want = "an mp4 (video), or a video and a wav (audio)" if "V" in needs else "a wav (audio) or an mp4"
+            raise ValueError(f"no media: this model reads {'audio and video' if needs == 'AV' else needs}; "
+                             f"give {want}")
+        start, end = _number(fields.get("start"), "start"), _number(fields.get("end"), "end")
+        if (start is None) != (end is None):
+            raise ValueError("give both start and end, or neither")
+        if start is not None and end <= start:
+            raise ValueError(f"empty time span [{start} - {end}]")
+    return Utterance(dataset="manifest", split="", dialog="", utt="", speaker=speaker, text=text,
+                     label="", label_id=-1, start=start or 0.0, end=end or 0.0, video=str(video or ""), key="",
+                     audio=str(audio) if audio else None, cut_start=start, cut_end=end)
+
+
+def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
+    """(line, fields) per row, or (line, why the line is not a row)."""
+    from m2fdist.raw.meld import decode_csv_bytes
+
+    text = decode_csv_bytes(path.read_bytes())
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, f"not JSON: {e.msg}"
+                continue
+            yield n, ({str(k).strip().lower(): v for k, v in row.items()} if isinstance(row, dict)
+                      else "not a JSON object")
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise ValueError(f"{path}: empty (no header row)")
+    header = [h.strip().lower() for h in reader.fieldnames]
+    if missing := [c for c in REQUIRED if c not in header]:
+        raise ValueError(f"{path}: missing columns {missing}; a manifest has {', '.join(REQUIRED + OPTIONAL)}")
+    reader.fieldnames = header
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        yield line, (f"row has more fields than the header's {len(header)}" if None in row else row)
+
+
+def read_manifest(path: Path, needs: str = "AV", context: int = 8) -> Corpus:
+    """The manifest's dialogs (in order of first appearance, each ordered by ``utt``) and its skipped rows.
+
+    The corpus has one split, ``""``: a manifest says nothing about splits.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} not found")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: a manifest is a .csv or .jsonl file")
+    dialogs: dict[str, dict[int, Utterance]] = {}
+    skipped: list[Skip] = []
+    for line, row in _rows(path):
+        where = f"{path.name}:{line}"
+        if isinstance(row, str):
+            skipped.append(Skip("manifest", None, row, source=where))
+            continue
+        dialog, utt = (str(v).strip() if (v := row.get(k)) is not None else "" for k in ("dialog", "utt"))
+        skip = Skip("manifest", None, "", dialog=dialog or None, utt=utt or None, source=where)
+        try:
+            if not dialog:
+                raise ValueError("no dialog id")
+            if not utt.lstrip("-").isdigit():
+                raise ValueError(f"utt {utt!r} is not an integer (the utterance's position in its dialog)")
+            if int(utt) in dialogs.get(dialog, {}):
+                raise ValueError(f"dialog {dialog!r} already has an utterance {int(utt)}")
+            u = utterance(row, path.parent, needs)
+        except ValueError as e:
+            skip.reason = str(e)
+            skipped.append(skip)
+            continue
+        u.dialog, u.utt, u.extra["source"] = dialog, str(int(utt)), where
+        dialogs.setdefault(dialog, {})[int(utt)] = u
+    ordered = [[d[i] for i in sorted(d)] for d in dialogs.values()]
+    for di, d in enumerate(ordered):
+        for ui, u in enumerate(d):
+            u.key = f"d{di}_u{ui}"
+    add_context(ordered, context)
+    return Corpus("manifest", {"": ordered} if ordered else {}, skipped)
