@@ -251,10 +251,19 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=keys_help(PipelineConfig()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, required=True, help="configs/<dataset>/pipeline.yaml")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved pipeline config (YAML, then key=value overrides) and exit without "
+                        "packing or launching anything")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     args = p.parse_args(argv)
     try:
-        Pipeline(load(args.config, args.overrides)).run()
+        cfg = load(args.config, args.overrides)
+        if args.print_config:
+            from m2fdist.confighelp import print_config
+
+            print_config(cfg)
+            return 0
+        Pipeline(cfg).run()
     except (ConfigError, RuntimeError) as e:
         print(f"m2fdist pipeline: {e}", file=sys.stderr)
         return 1

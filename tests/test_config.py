@@ -73,6 +73,16 @@ def test_print_config_shows_the_resolved_config_and_exits(tiny_features, capsys,
     assert "data.shards=/nowhere: no such folder" in capsys.readouterr().err
 
 
+def test_pipeline_print_config_packs_and_launches_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc = cli(["pipeline", "--config", "configs/tiny/pipeline.yaml", f"runs={runs}", "seeds=[0,1]",
+              "--print-config"])
+    assert rc == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["runs"] == str(runs) and printed["seeds"] == [0, 1] and printed["modalities"]
+    assert not runs.exists()  # nothing packed, built or launched
+
+
 def test_fusion_dims_are_read_from_the_features_index(tiny_features, tmp_path):
     cfg = load_config("configs/tiny/fusion.yaml", [f"data.shards={tiny_features}"])
     assert (cfg.fusion.dim_text, cfg.fusion.dim_audio, cfg.fusion.dim_visual) == (32, 16, 32)

@@ -218,7 +218,7 @@ def test_seed_plan():
     _, two = plan[1]
     assert two.overrides["text"] == [*cfg.overrides["text"], "train.seed=2"]  # the seed wins over the YAML's
     assert all(two.overrides[s][-1] == "train.seed=2" for s in ("text", "audio", "visual", "fusion"))
-    assert two.overrides["extract"] == cfg.overrides["extract"] and two.shards == cfg.shards  # packed once
+    assert two.overrides.get("extract") == cfg.overrides.get("extract") and two.shards == cfg.shards  # packed once
     assert "train.seed=0" not in " ".join(cfg.overrides["text"])  # the parent config is untouched
     assert seed_plan(PipelineConfig()) == []  # default: one run directly in RUNS, as before
     with pytest.raises(ConfigError, match="repeat"):
