@@ -82,3 +82,11 @@ def test_text_stage_learns_real_meld_text(tmp_path, capsys):
     assert dev["weighted_f1"] > tfidf + 0.05
     # more than one class is predicted, and right: not the majority class with a few lucky guesses
     assert np.count_nonzero([f > 0.2 for f in dev["per_class_f1"].values()]) >= 3
+    # the bundle the pipeline ships predicts new dialogs from text alone, with MELD's labels, through the API
+    from m2fdist import M2FNet
+
+    model = M2FNet.from_pretrained(runs / "model")
+    out = model.predict([[{"speaker": "Ross", "text": "Oh my God, he is back!"},
+                          {"speaker": "Rachel", "text": "I hate this. I really hate this."}]])
+    assert [set(u["probs"]) for u in out[0]] == [set(MELD_LABELS)] * 2
+    assert all(u["emotion"] in MELD_LABELS and abs(sum(u["probs"].values()) - 1) < 1e-4 for u in out[0])
