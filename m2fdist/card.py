@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from m2fdist.modalities import NAME_OF
+
 SPLITS = {
     "meld": "MELD's own train / dev / test splits (1038 / 114 / 280 dialogs in the full corpus).",
     "iemocap": "IEMOCAP sessions 1–4 train, with a seeded 10% of their dialogs held out as dev; session 5 is test. "
                "The six ERC labels are kept (neu, hap, sad, ang, exc, fru); other turns are left out.",
 }
-MODALITY_NAMES = {"T": "text", "A": "audio", "V": "video"}
 
 
 def _pct(x: float | None) -> str:
@@ -73,7 +74,7 @@ def model_card(config: dict[str, Any], metas: dict[str, dict[str, Any]], report:
     dataset, labels = config["dataset"], config["labels"]
     main = metas.get("fusion") or metas["text"]
     mods = main["run"]["fusion"]["modalities"] if "fusion" in metas else "T"
-    reads = " + ".join(MODALITY_NAMES[m] for m in mods)
+    reads = " + ".join(NAME_OF[m] for m in mods)
     lines = _front_matter(config)
     lines += [f"# M2FNet for emotion recognition in conversation ({dataset})", "",
               "An M2FNet model (Chudasama et al., CVPR 2022 MULA workshop, arXiv 2206.02187) trained with m2fdist. "

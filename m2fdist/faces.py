@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2fdist import atomic
 from m2fdist.data.decode import NUM_FRAMES, ShardDecodeError, decode_sample
+from m2fdist.data.source import ShardError, ShardSource
 from m2fdist.data.stream import read_samples
 from m2fdist.pack.index import load_index
 
@@ -64,11 +65,12 @@ def _paths(folder: Path, stem: str) -> tuple[Path, Path, Path]:
 class FaceSet:
     """Stored boxes of the finished shards of a face set, by sample key."""
 
-    def __init__(self, folder: Path, settings: FaceSettings, shards: Path | None = None, strict: bool = False):
+    def __init__(self, folder: Path, settings: FaceSettings, shards: str | Path | None = None,
+                 strict: bool = False):
         """Load every finished shard of ``folder`` made with ``settings``.
 
-        With ``shards``, each shard of their index is checked against the face set: one that is missing,
-        unfinished, made with other settings or from another version of the shard is an error when
+        With ``shards`` (a folder or URL), each shard of their index is checked against the face set: one
+        that is missing, unfinished, made with other settings or from another version of the shard is an error when
         ``strict`` (a face-set path the user named) and is left to MTCNN otherwise.
         """
         self.folder, self.settings = Path(folder), settings
@@ -78,7 +80,7 @@ class FaceSet:
             wanted = [(p.name[: -len(".stats.json")], None, p.name) for p in sorted(self.folder.glob("*.stats.json"))]
         else:
             wanted = [(shard_stem(sh["url"]), sh.get("bytes"), f"{split} shard {sh['url']}")
-                      for split, entry in load_index(Path(shards))["splits"].items() for sh in entry["shards"]]
+                      for split, entry in load_index(str(shards))["splits"].items() for sh in entry["shards"]]
         for stem, shard_bytes, what in wanted:
             why = self._load(stem, shard_bytes)
             if why and strict:
@@ -132,10 +134,19 @@ class FaceSet:
 
 
 def open_faces(mode: str, shards: str | Path, settings: FaceSettings, verbose: bool = True) -> FaceSet | None:
-    """The face set ``visual.faces`` names: auto (SHARDS/faces when usable), mtcnn (none), or a folder."""
+    """The face set ``visual.faces`` names: auto (SHARDS/faces when usable), mtcnn (none), or a folder.
+
+    Shards at a URL have no local ``faces`` folder to find: auto runs MTCNN there and says so; a named
+    folder (the pass's ``--out``) is checked against the URL's index like any other.
+    """
     if mode == "mtcnn":
         return None
     strict = mode != "auto"
+    if not strict and ShardSource(shards).scheme not in ("", "file"):
+        if verbose:
+            print(f"visual: shards at {shards}: MTCNN runs on every batch (a face set made with "
+                  "`m2fdist faces SHARDS --out DIR` is used when visual.faces=DIR names it)", file=sys.stderr)
+        return None
     folder = Path(shards) / FOLDER if mode == "auto" else Path(mode)
     if not folder.is_dir():
         if strict:
@@ -143,7 +154,7 @@ def open_faces(mode: str, shards: str | Path, settings: FaceSettings, verbose: b
         if verbose:
             print(f"visual: no face set at {folder}: MTCNN runs on every batch", file=sys.stderr)
         return None
-    faces = FaceSet(folder, settings, Path(shards), strict)
+    faces = FaceSet(folder, settings, shards, strict)
     if verbose:
         left = f"; {len(faces.ignored)} shards left to MTCNN ({faces.ignored[0]}, ...)" if faces.ignored else ""
         print(f"visual: stored face boxes for {len(faces)} utterances from {folder}{left}", file=sys.stderr)
@@ -163,18 +174,18 @@ class _ShardFrames(IterableDataset):
     """Decoded frames of whole shards, in chunks; each worker takes every W-th shard, so a shard ends in
     one worker, which then sends a ``done`` item with the samples it could not decode."""
 
-    def __init__(self, shards: list[tuple[str, str]], num_frames: int, chunk: int):
+    def __init__(self, source: ShardSource, shards: list[tuple[str, str]], num_frames: int, chunk: int):
         super().__init__()
-        self.shards, self.num_frames, self.chunk = shards, num_frames, chunk
+        self.source, self.shards, self.num_frames, self.chunk = source, shards, num_frames, chunk
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for stem, url in self.shards[worker::workers]:
+        for stem, name in self.shards[worker::workers]:
             keys: list[str] = []
             clips: list[np.ndarray] = []
             skipped: list[dict[str, str]] = []
-            for raw in read_samples([url]):
+            for raw in read_samples(self.source, [name]):
                 try:
                     sample = decode_sample(raw, self.num_frames, None, ("json", "mp4"))
                 except ShardDecodeError as e:
@@ -231,17 +242,24 @@ def _write_shard(folder: Path, stem: str, shard: dict[str, Any], settings: FaceS
     return stats
 
 
-def find_faces(shards: Path, out: Path | None = None, settings: FaceSettings = FaceSettings(),
+def find_faces(shards: str | Path, out: Path | None = None, settings: FaceSettings = FaceSettings(),
                splits: list[str] | None = None, chunk: int = 8, workers: int = 2, device: str = "auto",
                part: tuple[int, int] = (0, 1), overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the face pass over the shards' unfinished shards (of part i of n); returns totals."""
+    """Run the face pass over the shards' unfinished shards (of part i of n); returns totals.
+
+    ``shards`` is a folder or any location ``data.shards`` takes (http(s)://, s3://, gs://); the face set
+    is written to ``out``, which a remote location needs (default SHARDS/faces for a folder).
+    """
     from m2fdist.models.visual import FaceDetector
     from m2fdist.progress import bar as progress_bar
 
-    shards = Path(shards)
-    folder = Path(out) if out else shards / FOLDER
+    source = ShardSource(shards)
+    if out is None and source.scheme not in ("", "file"):
+        raise ValueError(f"shards at {shards}: give --out, a local folder for the face set (then "
+                         "visual.faces=that folder)")
+    folder = Path(out) if out else Path(source.base) / FOLDER
+    index = load_index(source)
     folder.mkdir(parents=True, exist_ok=True)
-    index = load_index(shards)
     todo: dict[str, dict[str, Any]] = {}
     for split, entry in index["splits"].items():
         if splits and split not in splits:
@@ -262,7 +280,7 @@ def find_faces(shards: Path, out: Path | None = None, settings: FaceSettings = F
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     detector = FaceDetector(min_prob=0.0, min_face_size=settings.min_face_size)
-    data = _ShardFrames([(s, str(shards / sh["url"])) for s, sh in todo.items()], settings.num_frames, chunk)
+    data = _ShardFrames(source, [(s, sh["url"]) for s, sh in todo.items()], settings.num_frames, chunk)
     workers = min(workers, len(todo))
     context = None
     if workers:  # a forkserver, as the stages' loaders use: never fork a process that runs threads
@@ -311,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="m2fdist faces", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("shards", type=Path, help="a packed shards folder (with index.json)")
+    p.add_argument("shards", help="packed shards (with index.json): a folder, or an http(s)://, s3:// or gs:// "
+                   "location as data.shards takes")
     p.add_argument("--out", type=Path, default=None, help="face-set folder (default SHARDS/faces, which "
-                   "visual.faces=auto finds)")
+                   "visual.faces=auto finds; needed for shards at a URL, then visual.faces=OUT)")
     p.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames per utterance: the stages' "
                    "data.num_frames (15, the paper's)")
     p.add_argument("--min-face-size", type=int, default=20, help="MTCNN's smallest face: visual.min_face_size")
@@ -331,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         totals = find_faces(args.shards, args.out, FaceSettings(args.num_frames, args.min_face_size),
                             [s for s in args.splits.split(",") if s] or None, args.chunk, args.workers,
                             args.device, args.part, args.overwrite, not args.no_progress)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, ShardError) as e:
         print(f"m2fdist faces: error: {e}", file=sys.stderr)
         return 2
     rate = totals["utterances"] / totals["seconds"] if totals["seconds"] else 0.0

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m2fdist.config import ConfigError
+from m2fdist.modalities import NAMES
 from m2fdist.progress import TAGS
 from m2fdist.runtime import free_port
 
@@ -145,7 +146,7 @@ class Pipeline:
 
             build_tiny_roberta(self.text_model, shard_texts(Path(c.shards)), vocab_size=500, hidden_size=32,
                                num_layers=2)
-        for stage in ("text", "audio", "visual") if self.media else ("text",):
+        for stage in NAMES if self.media else ("text",):
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
         if not self.media:
@@ -237,7 +238,7 @@ class Pipeline:
             return
         self.say(f"extracting dialog features → {c.features}; log {self.runs / 'extract.log'}")
         overrides = [f"data.shards={c.shards}", f"dataset={c.dataset}", f"extract.out={c.features}",
-                     *(f"extract.{s}={self.runs / s / 'export'}" for s in ("text", "audio", "visual")),
+                     *(f"extract.{s}={self.runs / s / 'export'}" for s in NAMES),
                      *self.cfg.overrides.get("extract", [])]
         self.launch("launch/extract.py", c.extract, overrides, self.runs / "extract.log")
 

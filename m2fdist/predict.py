@@ -28,6 +28,7 @@ from m2fdist.data.decode import sample_frames
 from m2fdist.extract import text_features
 from m2fdist.faces import FaceSet, detect_clips
 from m2fdist.media import MediaError, audio_from_video, encode_utterance, probe
+from m2fdist.modalities import NAME_OF
 
 # Cutting a span out of a longer video re-encodes it as packing does (its defaults): the extractors saw that.
 SPAN_MAX_SIDE, SPAN_MAX_SECONDS = 320, 60.0
@@ -171,9 +172,7 @@ def predict_dialog(parts: dict[str, Any], utterances: list, chunk: int = 16, fac
     if "fusion" in parts:
         fusion = parts["fusion"][1]
         device = next(fusion.parameters()).device
-        from m2fdist.modalities import NAME_OF as mods
-
-        inputs = {mods[m]: feats[mods[m]][None].float().to(device) for m in parts_cfg.fusion.modalities}
+        inputs = {NAME_OF[m]: feats[NAME_OF[m]][None].float().to(device) for m in parts_cfg.fusion.modalities}
         logits = fusion(torch.ones(1, len(good), dtype=torch.bool, device=device), **inputs)[0]
     else:
         logits = feats["logits"]

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist import atomic, plots
+from m2fdist.modalities import NAME_OF as MODALITY_NAMES
+from m2fdist.modalities import NAMES
 
 # Test-set accuracy / weighted F1 published in the M2FNet paper.
 PAPER = {
@@ -34,7 +36,6 @@ PAPER = {
 ROWS = [("T", "fusion_T"), ("A", "fusion_A"), ("V", "fusion_V"), ("T+A+V concatenated", "fusion_TAV_concat"),
         ("T+A+V fused", "fusion")]
 TEXT_ONLY_ROWS = [("T", "text")]
-from m2fdist.modalities import NAME_OF as MODALITY_NAMES  # noqa: E402
 
 
 def covered(stage: str, cfg: dict[str, Any]) -> str:
@@ -117,7 +118,7 @@ def write_report(runs: Path) -> Path:
     report = {"dataset": dataset, "modalities": modalities, "scored": scored, "checkpoint": _selection(main),
               "splits": splits, "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
-                         for s in ("text", "audio", "visual")},
+                         for s in NAMES},
               "figures": figures(runs, names, dataset, split, ablation)}
     out = runs / "report.json"
     atomic.write_json(out, report)

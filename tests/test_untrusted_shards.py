@@ -229,6 +229,31 @@ def test_shards_over_http_and_an_s3_cli_read_the_same_samples(meld_shards, http_
         load_index(ShardSource("s3://bucket/nosuch", source.policy))
 
 
+def test_face_pass_reads_shards_over_http(meld_shards, http_shards, tmp_path, capsys):
+    """`m2fdist faces URL --out DIR` stores the boxes a pass over the local folder stores; the stages use
+    them when visual.faces names DIR, and auto (no local folder to find at a URL) says MTCNN runs."""
+    from m2fdist.faces import FaceSet, FaceSettings, find_faces, open_faces
+    from m2fdist.faces import main as faces_main
+
+    settings, dev = FaceSettings(num_frames=2), meld_shards[1]["splits"]["dev"]
+    with pytest.raises(ValueError, match="give --out"):
+        find_faces(http_shards, settings=settings, splits=["dev"], workers=0, progress=False)
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    assert faces_main([http_shards, "--out", str(remote), "--num-frames", "2", "--splits", "dev", "--workers", "1",
+                       "--no-progress"]) == 0  # a forkserver worker reads through the pickled source
+    find_faces(meld_shards[0], local, settings, splits=["dev"], workers=0, progress=False)
+    a, b = FaceSet(remote, settings), FaceSet(local, settings)
+    assert len(a) == dev["samples"] and a.entries.keys() == b.entries.keys()
+    assert all((a.entries[k][0] == b.entries[k][0]).all() and (a.entries[k][1] == b.entries[k][1]).all()
+               for k in a.entries)
+    capsys.readouterr()
+    assert open_faces("auto", http_shards, settings) is None
+    assert "MTCNN runs on every batch" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="train shard .*no finished face pass"):  # checked against the URL's index
+        open_faces(str(remote), http_shards, settings, verbose=False)
+    assert faces_main(["http://127.0.0.1:1/none", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "cannot fetch" in capsys.readouterr().err
+
 class CountingSource(ShardSource):
     """Counts how often each shard is opened (in-process loaders: num_workers=0)."""
 
