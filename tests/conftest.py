@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from launching import BIN, common, deepspeed, run
+from launching import BIN, common, concurrently, deepspeed, run
 
 from m2fdist.pack import PackOptions, pack
 from m2fdist.synth import synth_iemocap, synth_meld
@@ -62,8 +62,7 @@ def work(meld_shards, tmp_path_factory) -> dict:
     return {"shards": shards, "roberta": roberta, "base": base}
 
 
-@pytest.fixture(scope="session")
-def text_run(work) -> Path:
+def _text_run(work: dict) -> Path:
     """Text stage, ZeRO 2 in fp32 (so the export must match the live engine exactly), W&B offline."""
     out = work["base"] / "text"
     deepspeed("launch/train.py", "configs/tiny/text.yaml",
@@ -85,14 +84,29 @@ def train_and_export(work: dict, stage: str, overrides: list[str]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def audio_run(work) -> Path:
-    return train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4", "data.batch_size=4",
-                                            "audio.seconds=2.0"])
+def stage_runs(work) -> dict[str, Path]:
+    """The three tiny extractor stages, trained and exported side by side (two launches at a time)."""
+    text, audio, visual = concurrently(
+        lambda: _text_run(work),
+        lambda: train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4",
+                                                 "data.batch_size=4", "audio.seconds=2.0"]),
+        lambda: train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"]))
+    return {"text": text, "audio": audio, "visual": visual}
 
 
 @pytest.fixture(scope="session")
-def visual_run(work) -> Path:
-    return train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"])
+def text_run(stage_runs) -> Path:
+    return stage_runs["text"]
+
+
+@pytest.fixture(scope="session")
+def audio_run(stage_runs) -> Path:
+    return stage_runs["audio"]
+
+
+@pytest.fixture(scope="session")
+def visual_run(stage_runs) -> Path:
+    return stage_runs["visual"]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +75,18 @@ def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True,
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         pytest.fail(f"{shlex.join(cmd)} exited {rc}:\n{tail}")
     return rc
+
+
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    """Run independent launches two at a time and return their results in order (a failure re-raises).
+
+    Much of a launch is its launcher's and ranks' imports on one core each; two side by side keep both cores
+    busy. Their numbers do not change: every process runs one thread (``OMP_NUM_THREADS=1``) and each launch
+    has its own port and output folder.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(c) for c in calls]
+        return [f.result() for f in futures]
 
 
 def deepspeed(script: str, config: str, overrides: list[str], log: Path, n: int = 2, **kw) -> int:

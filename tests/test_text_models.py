@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from launching import ENV, deepspeed, records
+from launching import ENV, concurrently, deepspeed, records
 
 from m2fdist.config import ConfigError, load_config
 from m2fdist.data.stream import read_samples
@@ -347,9 +347,9 @@ def _export_predicts_like_the_engine(run: Path, shards: Path, tag: str = "latest
 def test_llama_lora_zero3_resumes_exactly_exports_merged_and_feeds_fusion(llama, meld_shards, tmp_path):
     shards = meld_shards[0]
     a, b = tmp_path / "llama_a", tmp_path / "llama_b"
-    _text_run(shards, llama, a, LLAMA_RUN, tmp_path / "a.log")
-    rc = _text_run(shards, llama, b, LLAMA_RUN, tmp_path / "b.log", env={**ENV, "M2FDIST_KILL_AT_STEP": "4"},
-                   check=False)
+    _, rc = concurrently(lambda: _text_run(shards, llama, a, LLAMA_RUN, tmp_path / "a.log"),
+                         lambda: _text_run(shards, llama, b, LLAMA_RUN, tmp_path / "b.log",
+                                           env={**ENV, "M2FDIST_KILL_AT_STEP": "4"}, check=False))
     assert rc != 0 and not (b / "final.json").exists()
     assert (b / "checkpoints" / "latest").read_text() == "step00000003"
     _text_run(shards, llama, b, [*LLAMA_RUN, "resume=auto"], tmp_path / "b2.log")

@@ -25,6 +25,7 @@ from launching import (
     ROOT,
     assert_loss_falls,
     common,
+    concurrently,
     deepspeed,
     free_port,
     fusion_args,
@@ -219,10 +220,11 @@ RESUME = ["data.batch_size=1", "train.max_steps=8", "train.save_every=3", "train
 
 def test_killed_run_resumes_exactly(work, features):
     a, b = work["base"] / "fusion_a", work["base"] / "fusion_b"
-    deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, a, *RESUME),
-              work["base"] / "a.log")
-    rc = deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, b, *RESUME),
-                   work["base"] / "b.log", env={**ENV, "M2FDIST_KILL_AT_STEP": "4"}, check=False)
+    _, rc = concurrently(
+        lambda: deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, a, *RESUME),
+                          work["base"] / "a.log"),
+        lambda: deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, b, *RESUME),
+                          work["base"] / "b.log", env={**ENV, "M2FDIST_KILL_AT_STEP": "4"}, check=False))
     assert rc != 0 and not (b / "final.json").exists()
     assert (b / "checkpoints" / "latest").read_text() == "step00000003"
     deepspeed("launch/train.py", "configs/tiny/fusion.yaml", fusion_args(work, features, b, *RESUME, "resume=auto"),
