@@ -37,7 +37,7 @@ from m2fdist.export import load_exported
 from m2fdist.faces import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.labels import LABELS
 from m2fdist.modalities import NAMES as MODALITIES
-from m2fdist.models.text import TokenizeBatch
+from m2fdist.models.text import INPUT_KEYS, TokenizeBatch
 from m2fdist.pack.index import FORMAT_VERSION, load_index
 from m2fdist.progress import bar as progress_bar
 from m2fdist.raw.base import make_key
@@ -74,7 +74,7 @@ def chunk_features(models: dict[str, torch.nn.Module], batch: dict[str, Any],
     """Per-utterance features [n, D] of a chunk of utterances (collated by m2fdist.data.chunks)."""
     out = {}
     if "text" in models:
-        tokens = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        tokens = {k: batch[k] for k in INPUT_KEYS if k in batch}
         out["text"] = text_features(models["text"], batch["meta"], tokens or None)
     if "audio" in models:
         m = models["audio"]

@@ -119,6 +119,47 @@ def test_pooling_follows_the_mask_for_either_padding_side():
     assert pool(hidden, left, "mean")[:, 0].tolist() == [2, 6.5]
 
 
+def test_target_pooling_averages_the_target_turn_only(minilm, llama):
+    """pooling=target: the mask covers exactly the target turn's tokens (speaker name and text), in every input
+    format and padding side, also when neighbours are dropped or the target is cut; the vector is their mean."""
+    tok = minilm.tokenizer
+    cfg = TextConfig(model=minilm_path(), pooling="target", context=2, input_format="sep_speaker")
+    model = TextModel(minilm.encoder, tok, cfg, MELD).eval()
+    own = tok("Ross: Oh my God, he is back!", add_special_tokens=False)["input_ids"]
+    metas = [TARGET | {"context_prev": PREV, "context_next": NEXT}, {"speaker": "Ross", "text": TARGET["text"]}]
+    batch = model.tokenize_metas(metas)
+    for row in range(2):
+        picked = batch["input_ids"][row][batch["target_mask"][row].bool()].tolist()
+        assert picked == own
+    with torch.no_grad():
+        hidden = minilm.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        expected = torch.stack([hidden[r][batch["target_mask"][r].bool()].mean(0) for r in range(2)])
+        torch.testing.assert_close(model.sentence_vector(**batch), expected, atol=1e-5, rtol=1e-5)
+    assert "target_mask" not in minilm.tokenize_metas(metas)  # other poolings hand out no target mask
+    with pytest.raises(ValueError, match="target_mask"):
+        pool(hidden, batch["attention_mask"], "target")
+    from m2fdist.models.text import build_input_span
+
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for fmt in ("sep", "past", "prompt"):
+        whole = enc(TARGET["text"] if fmt in ("sep", "prompt") else "Ross: " + TARGET["text"])
+        limit, lengths = 512, set()
+        while True:  # shorter and shorter: neighbours dropped, then the target itself cut, until nothing fits
+            try:
+                ids, (start, end) = build_input_span(tok, TARGET, PREV, NEXT, 2, limit, fmt, MELD)
+            except ValueError:
+                break
+            assert len(ids) <= limit and ids[start:end] == whole[: end - start] and end > start
+            lengths.add(end - start)
+            limit = len(ids) - 1
+        assert len(whole) in lengths and 1 in lengths  # whole while it fits, cut to one token last
+    decoder = TextModel.from_pretrained(TextConfig(model=str(llama), input_format="prompt", padding_side="left",
+                                                   pooling="target"), labels=MELD)
+    left = decoder.tokenize_metas(metas)
+    llama_own = decoder.tokenizer(TARGET["text"], add_special_tokens=False)["input_ids"]
+    assert all(left["input_ids"][r][left["target_mask"][r].bool()].tolist() == llama_own for r in range(2))
+
+
 def test_text_config_values_are_checked(meld_shards, iemocap_shards):
     shards = f"data.shards={meld_shards[0]}"
     for override, message in (("text.pooling=max", "text.pooling"), ("text.input_format=chat", "text.input_format")):

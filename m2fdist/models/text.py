@@ -17,8 +17,10 @@ Whatever the format, when the whole exceeds the model's length, neighbours are d
 
 The sentence vector (D_T, what extraction writes) is pooled over the final hidden states (``text.pooling``):
 ``first`` token (encoders' default; what RoBERTa's classification head reads), ``last`` real token (decoders'
-default: in a causal model only the last token has seen the whole input), or the masked ``mean`` (what
-sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained with).
+default: in a causal model only the last token has seen the whole input), the masked ``mean`` (what
+sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained with), or ``target``: the mean over the
+target turn's own tokens only, so context informs every token through attention but is not averaged into the
+utterance's vector (with ``mean``, two context turns outweigh a short target).
 
 Fine-tuning (``text.finetune``): ``full``; ``lora`` (peft adapters on the frozen model, the head trained in
 full; checkpointed and resumed like any weight, merged into the base weights at export); ``frozen`` (only the
@@ -36,7 +38,9 @@ import torch
 from torch import Tensor, nn
 
 INPUT_FORMATS = ("sep", "sep_speaker", "past", "prompt")
-POOLINGS = ("first", "last", "mean")
+POOLINGS = ("first", "last", "mean", "target")
+# What a text batch hands the model (target_mask only under pooling=target): every caller passes these keys.
+INPUT_KEYS = ("input_ids", "attention_mask", "target_mask")
 FINETUNE = ("full", "lora", "peft", "frozen")
 ADAPTERS = ("lora", "peft")  # modes that train peft adapters on a frozen base
 DTYPES = ("", "float32", "bfloat16", "float16")
@@ -65,7 +69,7 @@ class TextConfig:
     max_length: int = 512  # tokens per input (utterance with its context), truncated past this
     dropout: float = 0.1  # before the classification head
     num_classes: int = 7  # set from dataset by the run config
-    pooling: str = ""  # first | last | mean; "": first for encoders, last real token for decoders
+    pooling: str = ""  # first | last | mean | target (mean over the target turn); "": first / last (decoders)
     input_format: str = "sep"  # sep | sep_speaker | past | prompt (module docstring)
     # full: every weight trains; lora: peft's LoRA on a frozen model (+ the head); peft: any other peft adapter
     # (text.peft); frozen: only the head trains
@@ -126,10 +130,11 @@ def _speaker_text(turn: Turn, with_speaker: bool) -> str:
 
 
 def _fit(assemble: Callable[[list, list[int], list], list[int]], past: list, tgt: list[int], future: list,
-         max_length: int) -> list[int]:
+         max_length: int) -> tuple[list[int], list, list[int]]:
     """Drop the farthest neighbours until ``assemble(past, tgt, future)`` fits; cut the target only last.
 
-    ``past`` is nearest last, ``future`` nearest first; both are consumed.
+    ``past`` is nearest last, ``future`` nearest first; both are consumed. Returns the ids, the past turns
+    kept and the target's tokens kept (what the target's position follows from).
     """
     while len(assemble(past, tgt, future)) > max_length and (past or future):
         if len(past) >= len(future):  # the farthest remaining neighbour; past first at equal distance
@@ -141,8 +146,9 @@ def _fit(assemble: Callable[[list, list[int], list], list[int]], past: list, tgt
         keep = len(tgt) - (len(ids) - max_length)
         if keep < 1:
             raise ValueError(f"max_length {max_length} cannot hold the input format's fixed tokens and a token")
-        ids = assemble(past, tgt[:keep], future)
-    return ids
+        tgt = tgt[:keep]
+        ids = assemble(past, tgt, future)
+    return ids, past, tgt
 
 
 def build_input(tokenizer, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn], k: int, max_length: int,
@@ -151,6 +157,13 @@ def build_input(tokenizer, target: Turn, prev: Sequence[Turn], nxt: Sequence[Tur
 
     ``labels`` (the class names) are needed by the ``prompt`` format only.
     """
+    return build_input_span(tokenizer, target, prev, nxt, k, max_length, input_format, labels)[0]
+
+
+def build_input_span(tokenizer, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn], k: int, max_length: int,
+                     input_format: str = "sep", labels: Sequence[str] = ()) -> tuple[list[int], tuple[int, int]]:
+    """``build_input``'s ids and the target turn's span ``[start, end)`` among them (its own tokens, speaker
+    name included where the format writes it; no separators or tags)."""
     if max_length < 3:
         raise ValueError(f"max_length {max_length} cannot hold <s>, a token and </s>")
     if input_format not in INPUT_FORMATS:
@@ -179,7 +192,9 @@ def build_input(tokenizer, target: Turn, prev: Sequence[Turn], nxt: Sequence[Tur
             ids += f + [sep]
         return ids if future else ids[:-1]
 
-    return _fit(assemble, past, enc(_speaker_text(target, with_speaker)), future, max_length)
+    ids, past, tgt = _fit(assemble, past, enc(_speaker_text(target, with_speaker)), future, max_length)
+    start = len(head) + sum(len(p) + 1 for p in past) + (1 if past else 0)
+    return ids, (start, start + len(tgt))
 
 
 PROMPT_INTRO = "Below is part of a conversation. The utterance between <target> and </target> is the one to judge.\n"
@@ -188,7 +203,7 @@ PROMPT_ANSWER = "Answer:"
 
 
 def _build_prompt(tokenizer, enc, target: Turn, past_turns: list[Turn], future_turns: list[Turn],
-                  max_length: int, labels: Sequence[str]) -> list[int]:
+                  max_length: int, labels: Sequence[str]) -> tuple[list[int], tuple[int, int]]:
     """The ``prompt`` format: intro, one ``Speaker: text`` line per turn with the target marked, the question.
 
     Pieces are tokenised separately (each ends with a newline), so dropping a turn never re-tokenises the rest.
@@ -209,7 +224,9 @@ def _build_prompt(tokenizer, enc, target: Turn, past_turns: list[Turn], future_t
         return [*intro, *(i for p in past for i in p), *open_tag, *tgt, *close_tag, *(i for f in future for i in f),
                 *outro]
 
-    return _fit(assemble, past, tgt, future, max_length)
+    ids, past, tgt = _fit(assemble, past, tgt, future, max_length)
+    start = len(intro) + sum(len(p) for p in past) + len(open_tag)
+    return ids, (start, start + len(tgt))
 
 
 def is_encoder(model_config: Any) -> bool:
@@ -222,11 +239,18 @@ def is_encoder(model_config: Any) -> bool:
     return getattr(model_config, "model_type", "") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
-    """[B, L, H] states → [B, H]: the first real token, the last real token, or the masked mean.
+def pool(hidden: Tensor, mask: Tensor, how: str, target_mask: Tensor | None = None) -> Tensor:
+    """[B, L, H] states → [B, H]: the first real token, the last real token, the masked mean, or the mean over
+    the target turn's tokens (``target_mask``, 1 on them).
 
     Works for right and left padding alike: positions come from the mask, not from the padding side.
     """
+    if how == "target":
+        if target_mask is None:
+            raise ValueError("pooling=target needs the target turn's token mask (target_mask), which the "
+                             "text model's tokeniser makes when text.pooling=target")
+        mask = target_mask
+        how = "mean"
     if how == "mean":
         m = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
@@ -262,22 +286,35 @@ class TextBatcher:
             raise ValueError("text.input_format=prompt names the label set: build the text model with labels")
 
     def input_ids(self, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn]) -> list[int]:
-        c = self.config
-        return build_input(self.tokenizer, target, prev, nxt, c.context, self.max_length, c.input_format, self.labels)
+        return self.encode(target, prev, nxt)[0]
 
-    def pad_batch(self, ids: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+    def encode(self, target: Turn, prev: Sequence[Turn], nxt: Sequence[Turn]) -> tuple[list[int], tuple[int, int]]:
+        c = self.config
+        return build_input_span(self.tokenizer, target, prev, nxt, c.context, self.max_length, c.input_format,
+                                self.labels)
+
+    def pad_batch(self, ids: Sequence[Sequence[int]],
+                  spans: Sequence[tuple[int, int]] | None = None) -> dict[str, Tensor]:
+        """Padded ``input_ids`` and ``attention_mask``; with the targets' spans, also ``target_mask``."""
         width = max(len(i) for i in ids)
         input_ids = torch.full((len(ids), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
+        target = torch.zeros((len(ids), width), dtype=torch.long) if spans is not None else None
         for row, i in enumerate(ids):
-            cols = slice(width - len(i), width) if self.left else slice(0, len(i))
-            input_ids[row, cols] = torch.tensor(i, dtype=torch.long)
-            mask[row, cols] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+            offset = width - len(i) if self.left else 0
+            input_ids[row, offset : offset + len(i)] = torch.tensor(i, dtype=torch.long)
+            mask[row, offset : offset + len(i)] = 1
+            if target is not None:
+                start, end = spans[row]
+                target[row, offset + start : offset + end] = 1
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        return {**out, "target_mask": target} if target is not None else out
 
     def __call__(self, targets: Sequence[Turn], prev: Sequence[Sequence[Turn]],
                  nxt: Sequence[Sequence[Turn]]) -> dict[str, Tensor]:
-        return self.pad_batch([self.input_ids(t, p, n) for t, p, n in zip(targets, prev, nxt, strict=True)])
+        encoded = [self.encode(t, p, n) for t, p, n in zip(targets, prev, nxt, strict=True)]
+        spans = [s for _, s in encoded] if self.config.pooling == "target" else None
+        return self.pad_batch([i for i, _ in encoded], spans)
 
     def from_metas(self, metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         targets, prev, nxt = zip(*(turns_of(m) for m in metas), strict=True)
@@ -429,16 +466,16 @@ class TextModel(nn.Module):
         """A padded batch from samples' json metas: text, speaker and the context turns with their speakers."""
         return self._to_device(self._tokenizing().from_metas(metas))
 
-    def sentence_vector(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def sentence_vector(self, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None = None) -> Tensor:
         kwargs = {}
         if self.decoder:  # positions count real tokens only, so left padding does not shift them
             kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
+        return pool(hidden, attention_mask, self.pooling, target_mask)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.head(self.sentence_vector(input_ids, attention_mask))
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.sentence_vector(input_ids, attention_mask, target_mask))
 
 
 def _position_limit(encoder: nn.Module) -> int:

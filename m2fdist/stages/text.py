@@ -11,7 +11,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from m2fdist.data import LoaderConfig
-from m2fdist.models.text import TextBatcher, TextModel, TokenizeBatch
+from m2fdist.models.text import INPUT_KEYS, TextBatcher, TextModel, TokenizeBatch
 from m2fdist.stages.base import Stage, to_device
 
 
@@ -43,8 +43,7 @@ class TextStage(Stage):
         if "input_ids" not in batch:  # a loader without the workers' tokeniser
             inner = getattr(model, "module", model)  # the DeepSpeed engine wraps the TextModel
             batch = {**batch, **inner.batcher.from_metas(batch["meta"])}
-        return model(input_ids=to_device(batch["input_ids"], model),
-                     attention_mask=to_device(batch["attention_mask"], model))
+        return model(**{k: to_device(batch[k], model) for k in INPUT_KEYS if k in batch})
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         logits = self._logits(model, batch)
