@@ -180,7 +180,7 @@ class ExtractModels:
     out: str = "shards/meld_features"  # folder the dialog feature shards and their index.json are written to
     splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])  # splits extracted (if packed)
     # Utterances decoded and run through the extractors at once, whatever the dialog's length: a rank holds
-    # at most (data.num_workers × 2 + 1) such chunks of frames and audio (m2fdist.data.chunks).
+    # at most (data.num_workers × 4 + 1) such chunks of frames and audio (m2fdist.data.chunks).
     chunk_utterances: int = 32
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from m2fdist.data import IGNORE_INDEX, LoaderConfig, ShardDecodeError, make_loader
+from m2fdist.data.handoff import WorkerLoader
+from m2fdist.data.loader import ShardDataset
 from m2fdist.data.source import ShardSource
 from m2fdist.data.stream import read_samples
 
@@ -88,6 +90,35 @@ def test_utterance_batch_contents(meld_shards):
         assert b["audio_mask"][i].sum() == n and (b["audio"][i, n:] == 0).all()
     assert all(isinstance(t, str) for t in b["text"])
     assert b["context_next"][0][0] == b["text"][1] or b["meta"][0]["dialog"] != b["meta"][1]["dialog"]
+
+
+@pytest.mark.parametrize(("level", "slots"), [("utterance", None), ("utterance", 1), ("dialog", None)])
+def test_worker_batches_reuse_shared_slots_and_stay_intact(meld_shards, level, slots):
+    """Workers write batches into reused shared-memory slots: every batch kept by the caller must still equal
+    the one built in fresh shared memory (slots=0, torch's own way) after later batches came through the same
+    slots; with too few slots for the batches in flight the workers fall back to fresh memory, still exact."""
+    shards, _ = meld_shards
+    config = LoaderConfig(level=level, batch_size=2, num_workers=2, train=False)
+
+    def load(n_slots: int | None) -> tuple[WorkerLoader, list[dict]]:
+        loader = WorkerLoader(ShardDataset(shards, "train", config, 0, 1), 2, ["m2fdist.data.loader"], slots=n_slots)
+        return loader, list(loader)
+
+    fresh, expected = load(0)
+    assert fresh.handoff.fallbacks == len(expected) and fresh.handoff.reused == 0
+    loader, got = load(slots)
+    assert len(got) == len(expected) > 0
+    for a, b in zip(expected, got, strict=True):
+        assert a["keys"] == b["keys"] and "_handoff" not in b
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["audio"], b["audio"])
+        assert torch.equal(a["labels"], b["labels"])
+    # Batches that came in a slot were copied out of it (the slot is the worker's again); fallbacks were not.
+    assert sum(not b["frames"].is_shared() for b in got) == len(got) - loader.handoff.fallbacks
+    if slots is None:
+        assert loader.handoff.fallbacks == 0 and loader.handoff.reused >= len(got) - 2 * loader.slots
+        assert level == "dialog" or len(got) > 2 * loader.slots  # more batches than slots: they were reused
+    else:
+        assert loader.handoff.fallbacks > 0 and loader.handoff.reused > 0
 
 
 def test_too_big_batch_is_a_clear_error(meld_shards):

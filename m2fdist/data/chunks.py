@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2fdist.data.collate import collate_utterances
 from m2fdist.data.decode import decode_sample
+from m2fdist.data.handoff import WorkerLoader
 from m2fdist.data.source import ReadPolicy, ShardSource
 from m2fdist.data.stream import shard_units
 from m2fdist.pack.index import load_index
@@ -104,13 +105,7 @@ class DialogChunks(IterableDataset):
 def chunk_loader(shards: str | Path | ShardSource, split: str, chunk: int, rank: int, world: int, workers: int,
                  num_frames: int, frame_size: tuple[int, int] | None, members: tuple[str, ...],
                  read: ReadPolicy | None = None, transform: Transform | None = None) -> DataLoader:
-    """A DataLoader over :class:`DialogChunks`; at most workers × 2 chunks wait decoded in memory."""
+    """A DataLoader over :class:`DialogChunks`; per worker, the chunk it decodes and its three hand-off slots
+    (m2fdist.data.handoff) hold decoded chunks, and the training process the one it uses."""
     data = DialogChunks(shards, split, chunk, rank, world, workers, num_frames, frame_size, members, read, transform)
-    context = None
-    if workers:
-        import multiprocessing
-
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "m2fdist.data.chunks", *getattr(transform, "preload", ())])
-    return DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
-                      multiprocessing_context=context)
+    return WorkerLoader(data, workers, ["m2fdist.data.chunks", *getattr(transform, "preload", ())])

@@ -7,31 +7,23 @@ batch with rows that must not count).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
+
+from m2fdist.data.handoff import batch_tensors
 
 IGNORE_INDEX = -100
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised batch tensor; in a DataLoader worker it is made in shared memory, so handing the
-    batch to the main process costs no second copy of the frames (as torch's own default_collate does)."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    elem = torch.empty(0, dtype=dtype)
-    return elem.new(elem._typed_storage()._new_shared(math.prod(shape), device="cpu")).resize_(*shape)
+def _frames_shape(clips: list[np.ndarray]) -> tuple[int, ...]:
+    return (len(clips), clips[0].shape[0], max(c.shape[1] for c in clips), max(c.shape[2] for c in clips), 3)
 
 
-def _pad_frames(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T,H,W,3] clips of possibly different H, W → [B,T,Hmax,Wmax,3] uint8 and their true (H, W)."""
-    t = clips[0].shape[0]
-    h = max(c.shape[1] for c in clips)
-    w = max(c.shape[2] for c in clips)
-    out = _empty((len(clips), t, h, w, 3), torch.uint8)
+def _pad_frames(clips: list[np.ndarray], out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T,H,W,3] clips of possibly different H, W → ``out`` [B,T,Hmax,Wmax,3] uint8 and their true (H, W)."""
+    h, w = out.shape[2:4]
     for i, c in enumerate(clips):
         if c.shape[1:3] != (h, w):
             out[i].zero_()  # padding is zero; only smaller clips need it
@@ -39,9 +31,8 @@ def _pad_frames(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, torch.tensor([[c.shape[1], c.shape[2]] for c in clips], dtype=torch.long)
 
 
-def _pad_audio(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pad_audio(waves: list[np.ndarray], out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(a) for a in waves], dtype=torch.long)
-    out = _empty((len(waves), int(lengths.max()) if len(waves) else 0), torch.float32)
     for i, a in enumerate(waves):
         out[i, : len(a)] = torch.from_numpy(a)
         out[i, len(a):] = 0
@@ -49,14 +40,30 @@ def _pad_audio(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tor
     return out, lengths, mask
 
 
-def collate_utterances(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch utterances; ``frames`` / ``audio`` are present when they were decoded."""
+def _media_tensors(samples: list[dict[str, Any]], private: bool) -> dict[str, torch.Tensor]:
+    """Uninitialised ``frames`` / ``audio`` batch tensors for what was decoded, in one hand-off slot when
+    this is a loader worker (m2fdist.data.handoff) unless ``private``."""
+    specs = {}
+    if "frames" in samples[0]:
+        specs["frames"] = (_frames_shape([s["frames"] for s in samples]), torch.uint8)
+    if "audio" in samples[0]:
+        specs["audio"] = ((len(samples), max(len(s["audio"]) for s in samples)), torch.float32)
+    if private:
+        return {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
+    return dict(zip(specs, batch_tensors(list(specs.values())), strict=True))
+
+
+def collate_utterances(samples: list[dict[str, Any]], private: bool = False) -> dict[str, Any]:
+    """Batch utterances; ``frames`` / ``audio`` are present when they were decoded. ``private`` keeps them
+    out of shared memory (a batch that is only a step towards another)."""
     metas = [s["meta"] for s in samples]
     media: dict[str, Any] = {}
-    if "frames" in samples[0]:
-        media["frames"], media["frame_hw"] = _pad_frames([s["frames"] for s in samples])
-    if "audio" in samples[0]:
-        media["audio"], media["audio_len"], media["audio_mask"] = _pad_audio([s["audio"] for s in samples])
+    out = _media_tensors(samples, private)
+    if "frames" in out:
+        media["frames"], media["frame_hw"] = _pad_frames([s["frames"] for s in samples], out["frames"])
+    if "audio" in out:
+        media["audio"], media["audio_len"], media["audio_mask"] = _pad_audio([s["audio"] for s in samples],
+                                                                              out["audio"])
     return {
         "keys": [s["key"] for s in samples],
         **media,
@@ -75,21 +82,25 @@ def collate_dialogs(dialogs: list[dict[str, Any]]) -> dict[str, Any]:
     b = len(dialogs)
     k = max(len(d["utterances"]) for d in dialogs)
     flat = [u for d in dialogs for u in d["utterances"]]
-    inner = collate_utterances(flat)
+    inner = collate_utterances(flat, private=True)
     counts = [len(d["utterances"]) for d in dialogs]
     mask = torch.arange(k)[None, :] < torch.tensor(counts)[:, None]
 
-    def spread(x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+    def spread(x: torch.Tensor, fill: float = 0, out: torch.Tensor | None = None) -> torch.Tensor:
         """[sum k_i, ...] → [B, K, ...], padded with ``fill``."""
-        out = torch.full((b, k, *x.shape[1:]), fill, dtype=x.dtype)
+        out = torch.empty((b, k, *x.shape[1:]), dtype=x.dtype) if out is None else out
+        out.fill_(fill)
         out[mask] = x
         return out
 
     out: dict[str, Any] = {}
+    large = [name for name in ("frames", "audio") if name in inner]
+    slots = dict(zip(large, batch_tensors([((b, k, *inner[n].shape[1:]), inner[n].dtype) for n in large]),
+                     strict=True))
     if "frames" in inner:
-        out["frames"], out["frame_hw"] = spread(inner["frames"]), spread(inner["frame_hw"])
+        out["frames"], out["frame_hw"] = spread(inner["frames"], out=slots["frames"]), spread(inner["frame_hw"])
     if "audio" in inner:
-        out["audio"], out["audio_len"] = spread(inner["audio"]), spread(inner["audio_len"])
+        out["audio"], out["audio_len"] = spread(inner["audio"], out=slots["audio"]), spread(inner["audio_len"])
         out["audio_mask"] = torch.arange(out["audio"].shape[2])[None, None, :] < out["audio_len"][..., None]
     labels = spread(inner["labels"], IGNORE_INDEX)
     valid = torch.tensor([d.get("valid", True) for d in dialogs], dtype=torch.bool)

@@ -6,7 +6,6 @@ forwards them. ``len(loader)`` is the number of batches this rank yields, the sa
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from m2fdist.data.collate import collate_dialogs, collate_utterances
 from m2fdist.data.decode import NUM_FRAMES, decode_sample
 from m2fdist.data.features import collate_features, decode_features
+from m2fdist.data.handoff import WorkerLoader
 from m2fdist.data.source import ReadPolicy, ShardSource
 from m2fdist.data.stream import Slot, eval_layout, eval_stream, train_batches_per_rank, train_stream, worker_share
 from m2fdist.pack.index import load_index
@@ -168,18 +168,5 @@ def make_loader(shards: str | Path | ShardSource, split: str, config: LoaderConf
     dataset = ShardDataset(shards, split, config, rank, world_size)
     # Its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed run
     # (global RNG restored from a checkpoint) would see different dropout masks than an uninterrupted one.
-    # Workers come from a forkserver, not a plain fork: a training process runs communication threads
-    # (gloo, DeepSpeed), and forking while one of them holds a lock can leave the child hung for ever.
-    context = None
-    if config.num_workers:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "m2fdist.data.loader", *getattr(config.transform, "preload", ())])
-    # collate_fn: batches are collated in the workers already; the default (default_convert) would walk
-    # every batch's metadata again for nothing.
-    return DataLoader(dataset, batch_size=None, num_workers=config.num_workers, collate_fn=_as_is,
-                      persistent_workers=False, prefetch_factor=2 if config.num_workers else None,
-                      generator=torch.Generator().manual_seed(config.seed), multiprocessing_context=context)
-
-
-def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
-    return batch
+    return WorkerLoader(dataset, config.num_workers, ["m2fdist.data.loader", *getattr(config.transform, "preload", ())],
+                        generator=torch.Generator().manual_seed(config.seed))
