@@ -57,6 +57,11 @@ def stacks_of(pid: int) -> str:
     return "\n".join(dumps)
 
 
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last lines of a launch's log, for a failure message."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True,
         timeout: float = LAUNCH_TIMEOUT) -> int:
     with log.open("w") as f:
@@ -69,10 +74,10 @@ def run(cmd: list[str], log: Path, env: dict | None = None, check: bool = True,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             (log.parent / f"{log.stem}.stacks.txt").write_text(stacks)
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            tail = log_tail(log)
             pytest.fail(f"{shlex.join(cmd)} still running after {timeout:.0f} s; killed.\n{tail}\n{stacks}")
     if check and rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        tail = log_tail(log)
         pytest.fail(f"{shlex.join(cmd)} exited {rc}:\n{tail}")
     return rc
 

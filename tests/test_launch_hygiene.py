@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from launching import ENV, fusion_args, run
+from launching import BIN, ENV, fusion_args, run
 
 from m2fdist.runtime.jit_lock import remove_stale_locks
 from m2fdist.runtime.shm_buffers import PREFIX, remove_orphans
@@ -54,9 +54,28 @@ def test_launch_survives_a_killed_build(work, features, tmp_path):
     cmd = [sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
            *fusion_args(work, features, out, "train.max_steps=1")]
     log = tmp_path / "run.log"
-    run(cmd, log, env={**ENV, "TORCH_EXTENSIONS_DIR": str(ext)}, timeout=300)
+    # PATH without this environment's bin folder (a script that never activated it): the build must still be
+    # found up to date, not redone by whichever other ninja PATH holds (m2fdist.runtime.own_ninja)
+    path = os.pathsep.join(p for p in ENV["PATH"].split(os.pathsep) if Path(p) != BIN)
+    so = ext / built.name / f"{built.name}.so"
+    built_at = so.stat().st_mtime_ns
+    run(cmd, log, env={**ENV, "TORCH_EXTENSIONS_DIR": str(ext), "PATH": path}, timeout=300)
     assert "removed the stale build lock" in log.read_text()
     assert not lock.exists() and json.loads((out / "final.json").read_text())["step"] == 1
+    assert so.stat().st_mtime_ns == built_at, "the JIT op was rebuilt"
+
+
+def test_jit_builds_use_the_environments_ninja(monkeypatch):
+    """Whatever PATH holds, ninja comes from beside this Python (one ninja version: builds stay up to date)."""
+    import shutil
+
+    from m2fdist.runtime import own_ninja
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert own_ninja() == BIN / "ninja"
+    assert shutil.which("ninja") == str(BIN / "ninja")
+    own_ninja()  # once is enough: PATH does not grow
+    assert os.environ["PATH"] == f"{BIN}{os.pathsep}/usr/bin:/bin"
 
 
 def test_orphaned_shm_buffers_are_removed(tmp_path):

@@ -29,6 +29,7 @@ from launching import (
     deepspeed,
     free_port,
     fusion_args,
+    log_tail,
     records,
     run,
     stacks_of,
@@ -193,22 +194,30 @@ def test_extractor_stages_zero3_bf16(audio_run, visual_run):
         assert "weighted_f1" in records(run_dir, "eval")[-1]
 
 
-def test_extract_writes_dialog_features(features, meld_shards):
+def test_extract_writes_dialog_features(features, meld_shards, launched):
     index = json.loads((features / "index.json").read_text())
     source = meld_shards[1]
     assert index["dims"] == {"text": 32, "audio": 16, "visual": 32}
     for split, entry in index["splits"].items():
         assert entry["dialogs"] == source["splits"][split]["dialogs"]
         assert entry["utterances"] == source["splits"][split]["samples"]
-    stats = sorted(features.glob("*.stats.json"))
-    mtimes = [p.stat().st_mtime_ns for p in stats]
-    # a rerun finds every part done and rewrites nothing but the index; its frame count, unset here, is the
-    # visual export's (3, as the first run was told)
-    deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
-              [f"data.shards={meld_shards[0]}", f"extract.out={features}",
-               f"extract.text={index['extractors']['text']}", f"extract.audio={index['extractors']['audio']}",
-               f"extract.visual={index['extractors']['visual']}"], features.parent / "extract2.log")
-    assert [p.stat().st_mtime_ns for p in stats] == mtimes
+    # a rerun (in `launched`) found every part done and rewrote nothing but the index
+    rc, before, after = launched["extract_again"]
+    assert rc == 0, log_tail(features.parent / "extract2.log")
+    assert before == after and len(before) == len(index["splits"]) * 2  # a stats file per split and rank
+
+
+def _extract_again(features: Path, shards: Path) -> tuple[int, dict, dict]:
+    """Extraction rerun over finished features: stats files' mtimes before and after. Its frame count, unset
+    here, is the visual export's (3, as the first run was told)."""
+    index = json.loads((features / "index.json").read_text())
+    mtimes = lambda: {p.name: p.stat().st_mtime_ns for p in features.glob("*.stats.json")}  # noqa: E731
+    before = mtimes()
+    rc = deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
+                   [f"data.shards={shards}", f"extract.out={features}",
+                    f"extract.text={index['extractors']['text']}", f"extract.audio={index['extractors']['audio']}",
+                    f"extract.visual={index['extractors']['visual']}"], features.parent / "extract2.log", check=False)
+    return rc, before, mtimes()
 
 
 # -- fusion: exact resume, world-size change, two nodes, accelerate -----------------------------------------
@@ -252,9 +261,10 @@ def test_two_rank_checkpoint_resumes_on_one_rank(work, features):
     assert json.loads((out / "final.json").read_text())["world_size"] == 1
 
 
-def test_two_nodes_on_one_machine(work, features, tmp_path):
+def _two_nodes(work: dict, features: Path, logs: Path) -> tuple[list[int], Path]:
+    """Two deepspeed launchers on this machine, one per node of a two-node hostfile (--no_ssh)."""
     out = work["base"] / "fusion_nodes"
-    hostfile = tmp_path / "hostfile"
+    hostfile = logs / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     port = free_port()
     cmd = lambda rank: [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),  # noqa: E731
@@ -262,8 +272,8 @@ def test_two_nodes_on_one_machine(work, features, tmp_path):
                         "--config", "configs/tiny/fusion.yaml",
                         *fusion_args(work, features, out, "deepspeed=configs/ds/zero3.json", "train.epochs=12",
                                      "train.lr=5e-3")]
-    logs = [(tmp_path / f"node{i}.log").open("w") for i in range(2)]
-    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT,
+    logs_ = [(logs / f"node{i}.log").open("w") for i in range(2)]
+    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs_[i], stderr=subprocess.STDOUT,
                               start_new_session=True) for i in range(2)]
     try:
         rcs = [p.wait(timeout=LAUNCH_TIMEOUT) for p in procs]
@@ -272,19 +282,15 @@ def test_two_nodes_on_one_machine(work, features, tmp_path):
         for p in procs:
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"two nodes still running after {LAUNCH_TIMEOUT:.0f} s; killed.\n{stacks}")
-    assert rcs == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
-    assert json.loads((out / "final.json").read_text())["world_size"] == 2
-    assert_loss_falls(out)
+    return rcs, out
 
 
-def test_accelerate_launch(work, features):
+def _accelerate(work: dict, features: Path) -> tuple[int, Path]:
     out = work["base"] / "fusion_accelerate"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_zero2.yaml",
            "--main_process_port", str(free_port()), "launch/train.py", "--config", "configs/tiny/fusion.yaml",
            *fusion_args(work, features, out, "train.max_steps=3")]
-    run(cmd, work["base"] / "accelerate.log")
-    final = json.loads((out / "final.json").read_text())
-    assert final["world_size"] == 2 and final["step"] == 3
+    return run(cmd, work["base"] / "accelerate.log", check=False), out
 
 
 def sweep_command(spec: dict, params: dict) -> list[str]:
@@ -300,26 +306,64 @@ def sweep_command(spec: dict, params: dict) -> list[str]:
     return argv
 
 
-@pytest.mark.parametrize("name", ["meld_fusion", "iemocap_fusion", "meld_audio"])
-def test_sweep_command_runs(name, work, features):
+SWEEPS = ("meld_fusion", "iemocap_fusion", "meld_audio")
+
+
+def sweep_sample(name: str) -> tuple[list[str], dict]:
+    """The sweep's command for one sample of its parameters: the first value, or the range's lower end."""
     spec = yaml.safe_load((ROOT / "configs" / "sweeps" / f"{name}.yaml").read_text())
-    params = {}
-    for key, p in spec["parameters"].items():  # one sample: the first value, or the range's lower end
-        params[key] = p["values"][0] if "values" in p else p["min"]
-    argv = sweep_command(spec, params)
-    assert argv[:2] == ["/usr/bin/env", "deepspeed"] and "launch/train.py" in argv
-    assert all(f"{k}={v}" in argv for k, v in params.items())
-    # run it for one step on the tiny setup: 2 CPU ranks, the tiny config, the tiny data
+    params = {key: p["values"][0] if "values" in p else p["min"] for key, p in spec["parameters"].items()}
+    return sweep_command(spec, params), params
+
+
+def _sweep(name: str, work: dict, features: Path) -> tuple[int, Path]:
+    """The sweep's command, run for one step on the tiny setup: 2 CPU ranks, the tiny config and data."""
+    argv, _ = sweep_sample(name)
     stage = "audio" if "audio" in name else "fusion"
     argv[argv.index("--num_gpus") + 1] = "2"
     argv[argv.index("--config") + 1] = f"configs/tiny/{stage}.yaml"
     out = work["base"] / f"sweep_{name}"
     tiny = (fusion_args(work, features, out) if stage == "fusion" else
             [*common(work, out), "wandb.mode=disabled", "data.eval_splits=[dev]", "audio.seconds=1.0"])
-    run([*argv[:2], "--master_port", str(free_port()), *argv[2:], *tiny, "train.max_steps=1"],
-        work["base"] / f"sweep_{name}.log")
+    rc = run([*argv[:2], "--master_port", str(free_port()), *argv[2:], *tiny, "train.max_steps=1"],
+             work["base"] / f"sweep_{name}.log", check=False)
+    return rc, out
+
+
+@pytest.fixture(scope="module")
+def launched(work, features, tmp_path_factory) -> dict:
+    """Independent launches over the features (extraction again, two nodes, accelerate, each sweep's
+    command), two at a time; each test checks its own. (The rerun rewrites index.json atomically.)"""
+    logs = tmp_path_factory.mktemp("launched")
+    calls = {"extract_again": lambda: _extract_again(features, work["shards"]),
+             "two_nodes": lambda: _two_nodes(work, features, logs),
+             "accelerate": lambda: _accelerate(work, features),
+             **{name: (lambda n=name: _sweep(n, work, features)) for name in SWEEPS}}
+    return {**dict(zip(calls, concurrently(*calls.values()), strict=True)), "logs": logs}
+
+
+def test_two_nodes_on_one_machine(launched):
+    rcs, out = launched["two_nodes"]
+    assert rcs == [0, 0], log_tail(launched["logs"] / "node0.log")
+    assert json.loads((out / "final.json").read_text())["world_size"] == 2
+    assert_loss_falls(out)
+
+
+def test_accelerate_launch(launched, work):
+    rc, out = launched["accelerate"]
+    assert rc == 0, log_tail(work["base"] / "accelerate.log")
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2 and final["step"] == 3
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_command_runs(name, launched, work):
+    argv, params = sweep_sample(name)
+    assert argv[:2] == ["/usr/bin/env", "deepspeed"] and "launch/train.py" in argv
+    assert all(f"{k}={v}" in argv for k, v in params.items())
+    rc, out = launched[name]
+    assert rc == 0, log_tail(work["base"] / f"sweep_{name}.log")
     saved = json.loads((out / "config.json").read_text())
     for key, value in params.items():
         section, field = key.split(".")
         assert saved[section][field] == value
-

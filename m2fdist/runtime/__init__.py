@@ -5,6 +5,8 @@
 - :func:`single_process_env`: plain ``python -m m2fdist.train`` describes a world of one, as a launcher would;
 - :func:`share_cores`: each rank takes its share of the node's cores (the deepspeed launcher sets no
   OMP_NUM_THREADS, and 2 ranks on 2 cores ran 4 spinning threads);
+- :func:`own_ninja`: DeepSpeed's JIT ops are built with the ninja installed beside this Python, whatever PATH
+  says (two ninja versions rebuilt the CPU comm op at every launch);
 - :func:`started`: the process group, with the stale JIT-lock watcher (:mod:`.jit_lock`) around its start and
   the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
 - :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;
@@ -20,6 +22,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -65,11 +68,31 @@ def share_cores() -> int | None:
     return threads
 
 
+def own_ninja() -> Path | None:
+    """Put the ninja installed beside this Python (DeepSpeed depends on it) first on this process's PATH.
+
+    torch.utils.cpp_extension (2.11) builds DeepSpeed's JIT ops (0.19) with the first ``ninja`` on PATH, and
+    ninja 1.12 changed the hash it records per build command: a system ninja 1.11 and the environment's 1.13
+    each find the other's build out of date. Launches whose PATH differed (the environment's bin folder on it
+    or not: a shell that activated it, a script that did not) rebuilt the CPU comm op at every switch, 18–21 s
+    on 2 cores while the other ranks waited on its lock; one run of the test suite did it five times. Returns
+    the ninja now first on PATH, or None when the environment has none (PATH is then left alone).
+    """
+    ninja = Path(sys.executable).parent / "ninja"
+    if not ninja.is_file():
+        return None
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != str(ninja.parent):
+        os.environ["PATH"] = os.pathsep.join([str(ninja.parent), path]) if path else str(ninja.parent)
+    return ninja
+
+
 def init_distributed() -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     share_cores()
+    own_ninja()
     if local_leader():
         shm_buffers.remove_orphans()
     if not dist.is_initialized():
