@@ -393,11 +393,19 @@ def test_llama_lora_zero3_resumes_exactly_exports_merged_and_feeds_fusion(llama,
                                            env={**ENV, "M2FDIST_KILL_AT_STEP": "4"}, check=False))
     assert rc != 0 and not (b / "final.json").exists()
     assert (b / "checkpoints" / "latest").read_text() == "step00000003"
-    _text_run(shards, llama, b, [*LLAMA_RUN, "resume=auto"], tmp_path / "b2.log")
+    # b resumes while a's export is checked and feeds extraction and fusion: independent, so side by side
+    concurrently(lambda: _text_run(shards, llama, b, [*LLAMA_RUN, "resume=auto"], tmp_path / "b2.log"),
+                 lambda: _export_extract_and_fuse(llama, a, meld_shards, tmp_path))
     loss_a = {r["step"]: r["loss"] for r in records(a)}
     resumed = [r for r in records(b) if r["step"] > 3][-3:]
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in (4, 5, 6)], rel=1e-6, abs=1e-7)
+
+
+def _export_extract_and_fuse(llama: Path, a: Path, meld_shards: tuple[Path, dict], tmp_path: Path) -> None:
+    """The finished LoRA run: its checkpoint holds the adapters and head only; the export is merged, predicts
+    like the engine did, and its features train a fusion model."""
+    shards = meld_shards[0]
     # the adapters and the head are what trained; the checkpoint holds them (and not the frozen base, which
     # resume and export read back from text.model)
     assert json.loads((a / "final.json").read_text())["step"] == 6
