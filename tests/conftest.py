@@ -90,7 +90,9 @@ def stage_runs(work) -> dict[str, Path]:
         lambda: _text_run(work),
         lambda: train_and_export(work, "audio", ["deepspeed=configs/ds/zero3.json", "train.epochs=4",
                                                  "data.batch_size=4", "audio.seconds=2.0"]),
-        lambda: train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3"]))
+        # one loader worker per rank: batches of frames reach the rank through the worker's shared-memory slots
+        lambda: train_and_export(work, "visual", ["train.epochs=2", "data.batch_size=4", "data.num_frames=3",
+                                                  "data.num_workers=1"]))
     return {"text": text, "audio": audio, "visual": visual}
 
 

@@ -189,6 +189,8 @@ def test_extractor_stages_zero3_bf16(audio_run, visual_run):
     assert_loss_falls(audio_run)
     assert json.loads((audio_run / "config.json").read_text())["deepspeed"].endswith("zero3.json")
     assert records(visual_run) and all(r["loss"] == r["loss"] for r in records(visual_run))  # finite
+    # the visual ranks loaded through a worker process each (m2fdist.data.handoff inside a launched rank)
+    assert json.loads((visual_run / "config.json").read_text())["data"]["num_workers"] == 1
     for run_dir in (audio_run, visual_run):
         assert (run_dir / "export" / "model.safetensors").is_file()
         assert "weighted_f1" in records(run_dir, "eval")[-1]
