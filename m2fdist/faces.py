@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2fdist import atomic
 from m2fdist.data.decode import NUM_FRAMES, ShardDecodeError, decode_sample
+from m2fdist.data.handoff import forkserver
 from m2fdist.data.source import ShardError, ShardSource
 from m2fdist.data.stream import read_samples
 from m2fdist.pack.index import load_index
@@ -282,13 +283,9 @@ def find_faces(shards: str | Path, out: Path | None = None, settings: FaceSettin
     detector = FaceDetector(min_prob=0.0, min_face_size=settings.min_face_size)
     data = _ShardFrames(source, [(s, sh["url"]) for s, sh in todo.items()], settings.num_frames, chunk)
     workers = min(workers, len(todo))
-    context = None
-    if workers:  # a forkserver, as the stages' loaders use: never fork a process that runs threads
-        import multiprocessing
-
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "m2fdist.faces"])
-    loader = DataLoader(data, batch_size=None, num_workers=workers, multiprocessing_context=context)
+    # Workers from a forkserver, as the stages' loaders: never fork a process that runs threads.
+    loader = DataLoader(data, batch_size=None, num_workers=workers,
+                        multiprocessing_context=forkserver(workers, ["m2fdist.faces"]))
     pending: dict[str, dict[str, Any]] = {}
     totals = {"shards": len(todo), "utterances": 0, "faces": 0, "skipped": 0}
     start = time.perf_counter()

@@ -68,7 +68,7 @@ class Handoff:
             slot = self._slots[k] = torch.UntypedStorage._new_shared(max(ALIGN, total + total // 4))
         free[k] = 0
         self._pending = (k, slot)
-        return [torch.empty(0, dtype=dtype).set_(slot, off // dtype.itemsize, shape, _contiguous(shape))
+        return [torch.empty(0, dtype=dtype).set_(slot, off // dtype.itemsize, shape)  # contiguous
                 for (shape, dtype), off in zip(specs, offsets, strict=True)]
 
     def tag(self, batch: Any) -> Any:
@@ -103,14 +103,6 @@ class Handoff:
             batch[key] = batch[key].clone()
         self.free[worker, k] = 1
         return batch
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
 
 
 _current: Handoff | None = None  # this worker's, installed by worker_init_fn
@@ -151,20 +143,25 @@ def _tag(batch: Any) -> Any:
     return _current.tag(batch) if _current is not None else batch
 
 
-class WorkerLoader(DataLoader):
-    """A DataLoader over an IterableDataset of ready batches, with ``workers`` processes from a forkserver.
+def forkserver(workers: int, preload: list[str]) -> multiprocessing.context.BaseContext | None:
+    """The context loader workers start from (None without workers): a forkserver, not a plain fork. A
+    training process runs communication threads (gloo, DeepSpeed), and forking while one of them holds a lock
+    can leave the child hung for ever. ``preload`` names the modules the forkserver imports once, so each
+    epoch's workers start warm."""
+    if not workers:
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", *preload])
+    return context
 
-    Workers come from a forkserver, not a plain fork: a training process runs communication threads (gloo,
-    DeepSpeed), and forking while one of them holds a lock can leave the child hung for ever. ``preload``
-    names the modules the forkserver imports once, so each epoch's workers start warm.
-    """
+
+class WorkerLoader(DataLoader):
+    """A DataLoader over an IterableDataset of ready batches, with ``workers`` processes from a forkserver
+    (:func:`forkserver`), handing batches over through reused shared-memory slots."""
 
     def __init__(self, dataset: IterableDataset, workers: int, preload: list[str], prefetch: int = 2,
                  generator: torch.Generator | None = None, slots: int | None = None):
-        context = None
-        if workers:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["torch", "m2fdist.data.handoff", *preload])
+        context = forkserver(workers, ["m2fdist.data.handoff", *preload])
         self._install = _Install()
         super().__init__(dataset, batch_size=None, num_workers=workers, collate_fn=_tag, persistent_workers=False,
                          prefetch_factor=prefetch if workers else None, generator=generator,
