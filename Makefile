@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 DEMO := demo
 
-.PHONY: install test lint demo demo-shards bench clean
+.PHONY: install test test-fast lint docs demo demo-shards bench clean
 
 install: .venv/.installed
 
@@ -24,22 +24,32 @@ $(UV):
 test: install
 	$(PY) -m pytest -q
 
+# The unit tests only (no deepspeed launch, no training): seconds to a few minutes.
+test-fast: install
+	$(PY) -m pytest -q -m unit
+
 lint: install
-	$(PY) -m ruff check m2fdist tests bench launch
+	$(PY) -m ruff check m2fdist tests bench launch docs
+
+# The reference pages (docs/reference/, generated from the config dataclasses and the CLI parser), then the site
+# (mkdocs.yml; strict: a broken link or a page left out of the nav is an error) into site/.
+docs: install
+	$(PY) docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The whole pipeline on a synthetic MELD-layout corpus, on CPU: synthesise → pack → text → audio → visual →
 # extract → fusion (+ the four ablations) → report, every stage a deepspeed launch of 2 processes.
 demo: install $(DEMO)/MELD.Raw/synth_manifest.json
-	$(PY) -m m2fdist.cli pipeline --config configs/tiny/pipeline.yaml
+	$(PY) -m m2fdist pipeline --config configs/tiny/pipeline.yaml
 	@echo "demo: raw tree in $(DEMO)/MELD.Raw, shards in $(DEMO)/shards, runs, W&B offline logs and report in $(DEMO)/runs"
 
 # Only synthesise, pack and load a batch (a minute): a check of the data path.
 demo-shards: install $(DEMO)/MELD.Raw/synth_manifest.json
-	$(PY) -m m2fdist.cli pack meld --root $(DEMO)/MELD.Raw --out $(DEMO)/shards/meld
-	$(PY) -m m2fdist.cli peek $(DEMO)/shards/meld --split train
+	$(PY) -m m2fdist pack meld --root $(DEMO)/MELD.Raw --out $(DEMO)/shards/meld
+	$(PY) -m m2fdist peek $(DEMO)/shards/meld --split train
 
 $(DEMO)/MELD.Raw/synth_manifest.json: | install
-	$(PY) -m m2fdist.cli synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 80 --dev-dialogs 20 --test-dialogs 60 --seed 0 --bad-files
+	$(PY) -m m2fdist synth --layout meld --out $(DEMO)/MELD.Raw --dialogs 80 --dev-dialogs 20 --test-dialogs 60 --seed 0 --bad-files
 
 bench: install
 	$(PY) bench/data_bench.py
@@ -48,4 +58,4 @@ bench: install
 	$(PY) bench/train_bench.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache site

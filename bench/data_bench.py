@@ -21,8 +21,8 @@ import torch
 from loader_bench import cpu_name, measure
 from torch.utils.data import DataLoader, Dataset
 
+from m2fdist.common.media import audio_from_video
 from m2fdist.data import LoaderConfig, make_loader, sample_frames
-from m2fdist.media import audio_from_video
 from m2fdist.pack import PackOptions, pack
 from m2fdist.raw import read_meld
 from m2fdist.synth import synth_meld

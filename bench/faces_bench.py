@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from m2fdist.config import load_config
-from m2fdist.faces import FOLDER, FaceSettings, find_faces
-from m2fdist.stages import VisualStage
+from m2fdist.config.load import load_config
+from m2fdist.faces.facepass import find_faces
+from m2fdist.faces.faceset import FOLDER, FaceSettings
+from m2fdist.training.stages import VisualStage
 
 
 def corpus(tmp: Path, dialogs: int) -> Path:

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from m2fdist.common.media import read_wav
 from m2fdist.data import LoaderConfig, make_loader, sample_frames
-from m2fdist.data.source import ShardSource
 from m2fdist.data.stream import read_samples
-from m2fdist.media import read_wav
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ShardSource
 from m2fdist.pack import PackOptions, pack
-from m2fdist.pack.index import load_index
 from m2fdist.synth import synth_meld
 
 

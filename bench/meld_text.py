@@ -75,15 +75,15 @@ def pack_text(tree: Path, shards: Path) -> Path:
 def read_split(shards: Path, split: str) -> list[dict]:
     """The json of every sample of a split, in shard order."""
     from m2fdist.data.stream import read_samples
-    from m2fdist.pack import load_index
+    from m2fdist.format.index import load_index
 
     urls = [str(shards / s["url"]) for s in load_index(shards)["splits"][split]["shards"]]
     return [json.loads(s["json"]) for s in read_samples(urls)]
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    from m2fdist.labels import MELD_LABELS
-    from m2fdist.metrics import classification_metrics
+    from m2fdist.common.labels import MELD_LABELS
+    from m2fdist.evaluation.metrics import classification_metrics
 
     return classification_metrics(y_true, y_pred, list(MELD_LABELS))
 
@@ -195,7 +195,7 @@ def cpu_name() -> str:
 
 
 def table(rows: list[tuple[str, dict, str]]) -> str:
-    from m2fdist.labels import MELD_LABELS
+    from m2fdist.common.labels import MELD_LABELS
 
     head = "| run | dev wF1 | acc | macro F1 | " + " | ".join(MELD_LABELS) + " | time |"
     lines = [head, "|" + "---|" * (5 + len(MELD_LABELS))]

@@ -17,7 +17,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from m2fdist.models import AudioExtractor, DialogConfig, M2FNetDialog, TextConfig, TextModel, VisualExtractor
+from m2fdist.models import AudioExtractor, DialogConfig, M2FNetDialog, TextModel, VisualExtractor
+from m2fdist.models.text_config import TextConfig
 
 
 def roberta_large(device: str) -> TextModel:

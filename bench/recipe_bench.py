@@ -23,8 +23,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from m2fdist.config import load_config
-from m2fdist.stages import STAGES
+from m2fdist.config.load import load_config
+from m2fdist.training.stages import STAGE_TYPES
 
 STAGE_ARGS = {"audio": ["audio.seconds=2.0"], "visual": ["data.num_frames=2"]}
 
@@ -45,7 +45,7 @@ def run(stage_name: str, shards: Path, recipe: str, epochs: int, lr: float, batc
     cfg = load_config(f"configs/tiny/{stage_name}.yaml", [
         f"data.shards={shards}", f"triplet.recipe={recipe}", f"data.batch_size={batch}", "data.num_workers=1",
         *STAGE_ARGS[stage_name]])
-    stage = STAGES[stage_name](cfg)
+    stage = STAGE_TYPES[stage_name](cfg)
     torch.manual_seed(0)
     model = stage.build_model().train()
     stage.prepare(model)

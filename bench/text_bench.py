@@ -25,13 +25,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from m2fdist.runtime.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,7 +68,8 @@ def prepare(work: Path, decoder: str | None) -> dict[str, Path]:
     """Corpus and shards; with ``decoder`` (a size of :data:`DECODERS`), that random decoder in bf16 with a
     tokenizer trained on the corpus."""
     from m2fdist.data.stream import read_samples
-    from m2fdist.pack import PackOptions, load_index, pack
+    from m2fdist.format.index import load_index
+    from m2fdist.pack import PackOptions, pack
     from m2fdist.synth import synth_meld
 
     paths = {"raw": work / "MELD.Raw", "shards": work / "shards", "decoder": work / f"decoder-{decoder or '0.5B'}"}
@@ -79,7 +81,7 @@ def prepare(work: Path, decoder: str | None) -> dict[str, Path]:
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from m2fdist.models.text import PROMPT_INTRO, PROMPT_QUESTION
+        from m2fdist.models.text_inputs import PROMPT_INTRO, PROMPT_QUESTION
         from m2fdist.models.tiny_text import build_tiny_llama
 
         index = load_index(paths["shards"])
@@ -98,16 +100,10 @@ def prepare(work: Path, decoder: str | None) -> dict[str, Path]:
     return paths
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(model: Path, args: list[str], steps: int, paths: dict[str, Path], out: Path) -> dict:
     """One m2fdist text-stage launch of ``steps`` steps: samples/s (2 ranks) and peak RSS per rank."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "launch/train.py", "--config",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py", "--config",
            "configs/tiny/text.yaml", f"data.shards={paths['shards']}", f"output_dir={out}", f"text.model={model}",
            f"train.max_steps={steps}", "train.log_every=1", "wandb.mode=disabled", "data.eval_splits=[]",
            "data.num_workers=1", "train.save_every=0", "train.warmup_steps=0", *args]
@@ -133,10 +129,11 @@ def trainer_worker(shards: Path, out: Path, steps: int) -> None:
         TrainingArguments,
     )
 
-    from m2fdist.config import deepspeed_config, load_config
+    from m2fdist.config.load import load_config
     from m2fdist.data.stream import read_samples
-    from m2fdist.models.text import TextBatcher
-    from m2fdist.pack import load_index
+    from m2fdist.format.index import load_index
+    from m2fdist.models.text_inputs import TextBatcher
+    from m2fdist.runtime.deepspeed_config import deepspeed_config
 
     cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={minilm_path()}",
                                                  *MINILM_ARGS])
@@ -178,7 +175,7 @@ def _turns(meta: dict) -> tuple:
 def measure_trainer(paths: dict[str, Path], steps: int, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), __file__, "--trainer-worker",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), __file__, "--trainer-worker",
            "--work", str(out), "--shards", str(paths["shards"]), "--steps", str(steps)]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "trainer.json").is_file():

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from m2fdist.runtime import free_port
+from m2fdist.common.modalities import NAMES
+from m2fdist.format.index import write_index
+from m2fdist.runtime.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,9 +41,10 @@ PAPER = {
 
 def prepare(work: Path) -> dict[str, Path]:
     """Corpus, shards, tiny and roberta-large-sized text models, and tiny / paper-sized feature shards."""
-    from m2fdist.data.features import FeatureShardWriter
     from m2fdist.data.stream import group_dialogs, read_samples
-    from m2fdist.pack import PackOptions, load_index, pack
+    from m2fdist.format.features import FeatureShardWriter
+    from m2fdist.format.index import load_index
+    from m2fdist.pack import PackOptions, pack
     from m2fdist.synth import synth_meld
 
     paths = {"raw": work / "MELD.Raw", "shards": work / "shards", "tiny": work / "roberta-tiny",
@@ -75,16 +78,14 @@ def prepare(work: Path) -> dict[str, Path]:
             for d in group_dialogs(read_samples([str(paths["shards"] / s["url"]) for s in entry["shards"]])):
                 labels = np.array([json.loads(u["json"])["label_id"] for u in d["utterances"]], dtype=np.int64)
                 feats = {n: rng.standard_normal((len(labels), k)).astype(np.float32)
-                         for n, k in zip(("text", "audio", "visual"), dims, strict=True)}
+                         for n, k in zip(NAMES, dims, strict=True)}
                 writer.write(f"meld_{split}_{d['dialog']}", {"dialog": d["dialog"], "keys": []},
                              {**feats, "labels": labels})
             writer.close()
             splits[split] = {"shards": [{"url": f"{split}-000000.tar", "samples": writer.count,
                                          "dialogs": writer.count}], "samples": writer.count,
                              "dialogs": writer.count, "labels": entry["labels"]}
-        (out / "index.json").write_text(json.dumps({"format": 1, "kind": "features", "dataset": "meld",
-                                                    "dims": dict(zip(("text", "audio", "visual"), dims, strict=True)),
-                                                    "label_names": index["label_names"], "splits": splits}))
+        write_index(out, "features", "meld", splits, dims=dict(zip(NAMES, dims, strict=True)))
     return paths
 
 

@@ -9,6 +9,6 @@ file, and it must stay cheap.
 if __name__ == "__main__":
     import sys
 
-    from m2fdist.extract import main
+    from m2fdist.cli import main
 
-    sys.exit(main())
+    sys.exit(main(["extract", *sys.argv[1:]]))

@@ -23,35 +23,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelHubMixin
+from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
+from safetensors.torch import save_file
+from tqdm import tqdm
 
-from m2fdist.export import BUNDLE_PARTS, CONFIG, WEIGHTS, labels_of, load_exported
+from m2fdist import __version__
+from m2fdist.common import atomic
+from m2fdist.common.paths import looks_local
+from m2fdist.faces.faceset import FaceSet, FaceSettings
+from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, WEIGHTS, is_export, labels_of, read_meta
+from m2fdist.inference.load import load_exported
+from m2fdist.inference.predict import needs_of, predict_dialog
+from m2fdist.raw.base import Corpus, add_context
+from m2fdist.raw.manifest import utterance
+from m2fdist.results.card import model_card
+from m2fdist.runtime.devices import resolve_device
 
 # What a Hub download may fetch: weights, configs, tokenizer vocabularies and the card. Never pickles or code.
 SAFE_FILES = ["*.safetensors", "*.json", "*.txt", "*.md"]
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` is cuda when a GPU is visible, else cpu; asking for cuda without one is an error, not a crash."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is visible (use cpu or auto)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
-    return device
-
-
 class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/abs/2206.02187",
              tags=["emotion-recognition-in-conversation", "multimodal", "m2fnet"]):
     """An exported M2FNet: its stage models, their saved configs, its labels and its model card."""
-
     def __init__(self, exports: dict[str, tuple[Any, Any]], metas: dict[str, dict[str, Any]],
                  card: str | None = None, encoder_config: dict[str, Any] | None = None):
-        from m2fdist import __version__
-        from m2fdist.predict import needs_of
 
         self.exports, self.metas, self.card, self.encoder_config = exports, metas, card, encoder_config
         main = metas.get("fusion") or metas["text"]
@@ -68,7 +64,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> M2FNet:
         """A bundle from a local folder or a Hub repository (``device="cpu" | "cuda" | "auto"``)."""
         name = str(pretrained_model_name_or_path)
-        if not Path(name).is_dir() and (Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1):
+        if not Path(name).is_dir() and looks_local(name):
             raise FileNotFoundError(f"{name} is not a model folder (a bundle such as RUNS/model, or a Hub id)")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -77,8 +73,6 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
                          local_files_only: bool, token: Any, device: str = "cpu", **_: Any) -> M2FNet:
         path = Path(model_id)
         if not path.is_dir():
-            from huggingface_hub import snapshot_download
-
             path = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir, token=token,
                                           force_download=force_download, local_files_only=local_files_only,
                                           allow_patterns=SAFE_FILES))
@@ -88,16 +82,16 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     def load(cls, path: Path, device: str = "cpu") -> M2FNet:
         """A bundle folder, or a text stage's export alone (a text-only model)."""
         path, device = Path(path), resolve_device(device)
-        if (path / WEIGHTS).is_file():  # one stage's export: only a text classifier predicts on its own
-            meta = json.loads((path / CONFIG).read_text())
+        if is_export(path):  # one stage's export: only a text classifier predicts on its own
+            meta = read_meta(path)
             if meta.get("stage") != "text":
                 raise ValueError(f"{path} is the {meta.get('stage')} stage's export; give the bundle (RUNS/model)")
             roots = {"text": path}
         else:
-            if not (path / "text" / WEIGHTS).is_file():
+            if not is_export(path / "text"):
                 raise FileNotFoundError(f"{path} holds no text/{WEIGHTS}: give a bundle (the pipeline writes "
                                         "RUNS/model) or a text stage's export")
-            roots = {p: path / p for p in BUNDLE_PARTS if (path / p / WEIGHTS).is_file()}
+            roots = {p: path / p for p in BUNDLE_PARTS if is_export(path / p)}
         exports = {"fusion": load_exported(roots["fusion"], device)} if "fusion" in roots else {}
         mods = exports["fusion"][0].fusion.modalities if exports else ""
         needed = ["text", *(part for m, part in (("A", "audio"), ("V", "visual")) if m in mods)]
@@ -106,7 +100,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
                                     f"{', '.join(m + '/' for m in missing)} export")
         exports.update({p: load_exported(roots[p], device) for p in needed})
         exports = {p: exports[p] for p in BUNDLE_PARTS if p in exports}  # parts it does not read are not loaded
-        metas = {p: json.loads((roots[p] / CONFIG).read_text()) for p in exports}
+        metas = {p: read_meta(roots[p]) for p in exports}
         own = path / CONFIG if roots.get("text") != path else None
         model = cls(exports, metas, card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
                     encoder_config=json.loads((roots["text"] / "text_encoder" / CONFIG).read_text()))
@@ -119,10 +113,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     def _save_pretrained(self, save_directory: Path) -> None:
         """The bundle layout: per part model.safetensors + config.json (+ the text encoder's config and
         tokenizer), the bundle's config.json and its model card."""
-        from safetensors.torch import save_file
 
-        from m2fdist import atomic
-        from m2fdist.card import model_card
 
         for part, (_, module) in self.exports.items():
             folder = Path(save_directory) / part
@@ -137,7 +128,6 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
         atomic.write_text(Path(save_directory) / "README.md", self.card or model_card(self.config, self.metas, None))
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        from m2fdist.card import model_card
 
         return ModelCard(self.card or model_card(self.config, self.metas, None))
 
@@ -152,13 +142,10 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     def predict_corpus(self, corpus: Any, batch_size: int = 16, faces: Path | None = None,
                        progress: bool = False) -> dict[str, dict[str, Any]]:
         """Per utterance key of a reader's corpus: ``emotion``, ``probs`` by label, and ``skipped`` or ``note``."""
-        from tqdm import tqdm
 
-        from m2fdist.predict import predict_dialog
 
         face_set = None
         if faces is not None and "V" in self.needs:
-            from m2fdist.faces import FaceSet, FaceSettings
 
             vis = self.exports["visual"][0]
             face_set = FaceSet(faces, FaceSettings(vis.data.num_frames, vis.visual.min_face_size))
@@ -187,9 +174,6 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
         folder. Returns, aligned with the input, per utterance ``{"emotion", "probs"}`` (probabilities by
         label), or ``{"emotion": None, "probs": None, "skipped": reason}`` for one that cannot be read.
         """
-        from m2fdist.raw.base import Corpus, add_context
-        from m2fdist.raw.manifest import utterance
-
         out: list[list[dict[str, Any]]] = []
         kept: list[list[Any]] = []
         for di, dialog in enumerate(dialogs):

@@ -1,4 +1,4 @@
-"""``m2fdist pipeline``: pack → text → audio → visual → extract → fusion (+ ablations) → report.
+"""The pipeline (``m2fdist pipeline``): pack → text → audio → visual → extract → fusion (+ ablations) → report.
 
 With ``modalities: text`` it packs the annotations alone and runs text → report.
 
@@ -23,14 +23,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2fdist.config import ConfigError
-from m2fdist.modalities import NAMES
-from m2fdist.progress import TAGS
-from m2fdist.runtime import free_port
+from m2fdist.common.errors import RunFailed
+from m2fdist.common.modalities import NAMES, STAGES
+from m2fdist.common.modalities import PACKED as MODALITIES
+from m2fdist.common.progress import TAGS
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import merge
+from m2fdist.data.texts import shard_texts
+from m2fdist.format.exports import is_export
+from m2fdist.inference.export import export
+from m2fdist.models.tiny_text import build_tiny_roberta
+from m2fdist.pack import PackOptions, pack
+from m2fdist.results.bundle import write_bundle
+from m2fdist.results.report import write_report, write_seed_report
+from m2fdist.runtime.devices import resolve_device
+from m2fdist.runtime.process import free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-
 # The paper's modality ablation rows, as fusion-stage overrides.
 ABLATIONS: dict[str, list[str]] = {
     "T": ["fusion.modalities=T", "fusion.fusion=concat"],
@@ -64,9 +74,6 @@ class PipelineConfig:
     seeds: list[int] = field(default_factory=list)
 
 
-TRAINED = ("text", "audio", "visual", "fusion")
-
-
 def seed_plan(cfg: PipelineConfig) -> list[tuple[int, PipelineConfig]]:
     """Each seed's own pipeline config: its runs and features folders, ``train.seed`` for every trained stage."""
     if len(set(cfg.seeds)) != len(cfg.seeds):
@@ -74,7 +81,7 @@ def seed_plan(cfg: PipelineConfig) -> list[tuple[int, PipelineConfig]]:
     plan = []
     for seed in cfg.seeds:
         overrides = {k: list(v) for k, v in cfg.overrides.items()}
-        for stage in TRAINED:
+        for stage in STAGES:
             overrides[stage] = [*overrides.get(stage, []), f"train.seed={seed}"]
         plan.append((seed, dataclasses.replace(cfg, runs=str(Path(cfg.runs) / f"seed{seed}"),
                                                features=str(Path(cfg.features) / f"seed{seed}"), seeds=[],
@@ -83,21 +90,12 @@ def seed_plan(cfg: PipelineConfig) -> list[tuple[int, PipelineConfig]]:
 
 
 def load(path: Path, overrides: list[str]) -> PipelineConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(path),
-                                 OmegaConf.from_dotlist(overrides))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    """The pipeline config: the one merge every config goes through (schema ← YAML ← ``key=value``)."""
+    return merge(PipelineConfig, path, overrides)
 
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, text_model: Path | None = None):
-        from m2fdist.modalities import PACKED as MODALITIES
-
         if cfg.modalities not in MODALITIES:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
         seed_plan(cfg)  # a repeated seed is refused before anything runs
@@ -107,9 +105,7 @@ class Pipeline:
         self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
         self.env = dict(os.environ)
         self.env.setdefault("PYTHONUNBUFFERED", "1")  # stage lines reach the console as they are written
-        import torch
-
-        if not torch.cuda.is_available():
+        if resolve_device("auto") == "cpu":  # no GPU here: the launches run on DeepSpeed's CPU accelerator
             self.env.setdefault("DS_ACCELERATOR", "cpu")
 
     def say(self, message: str) -> None:
@@ -130,7 +126,7 @@ class Pipeline:
             rc = proc.wait()
         if rc != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-            raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); log: {log}\n{tail}")
+            raise RunFailed(f"{' '.join(cmd)} failed ({rc}); log: {log}\n{tail}")
 
     def run(self, report: bool = True) -> Path:
         """Every stage not yet finished, then the report (``report=False``: a seed's run, reported with the rest)."""
@@ -142,7 +138,6 @@ class Pipeline:
         text_model = [f"text.model={self.text_model}"] if c.tiny_text else []
         if c.tiny_text and not (self.text_model / "config.json").is_file():
             self.say(f"building a tiny RoBERTa from the shards' text → {self.text_model}")
-            from m2fdist.models.tiny_text import build_tiny_roberta, shard_texts
 
             build_tiny_roberta(self.text_model, shard_texts(Path(c.shards)), vocab_size=500, hidden_size=32,
                                num_layers=2)
@@ -163,8 +158,6 @@ class Pipeline:
 
     def run_seeds(self) -> Path:
         """Every seed's pipeline in its own folders (shards packed once), then the report over the seeds."""
-        from m2fdist.report import write_seed_report
-
         folders = {}
         for seed, cfg in seed_plan(self.cfg):
             self.say(f"seed {seed}: runs in {cfg.runs}, features in {cfg.features}")
@@ -176,7 +169,6 @@ class Pipeline:
         return report
 
     def report(self) -> Path:
-        from m2fdist.report import write_report
 
         report = write_report(self.runs)
         self.bundle()  # again: the model card now carries the report's scores (text only: the first bundle)
@@ -191,7 +183,6 @@ class Pipeline:
             return
         if not c.raw:
             raise ConfigError(f"{c.shards} holds no index.json and `raw` is not set: nothing to pack")
-        from m2fdist.pack import PackOptions, pack
 
         self.say(f"packing {c.raw} → {c.shards}")
         pack(c.dataset, Path(c.raw), Path(c.shards), workers=c.pack_workers,
@@ -217,17 +208,13 @@ class Pipeline:
 
     def export(self, stage: str) -> None:
         out = self.runs / stage
-        if (out / "export" / "model.safetensors").is_file():
+        if is_export(out / "export"):
             return
-        from m2fdist.export import export
-
         export(out, "best")
 
     def bundle(self) -> None:
         """RUNS/model: the exports together with a model card, what `m2fdist predict --model` and
         `M2FNet.from_pretrained` load."""
-        from m2fdist.export import write_bundle
-
         write_bundle(self.runs)
         self.say(f"model: {self.runs / 'model'} (m2fdist predict --model {self.runs / 'model'} --manifest FILE)")
 
@@ -241,35 +228,3 @@ class Pipeline:
                      *(f"extract.{s}={self.runs / s / 'export'}" for s in NAMES),
                      *self.cfg.overrides.get("extract", [])]
         self.launch("launch/extract.py", c.extract, overrides, self.runs / "extract.log")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from m2fdist.confighelp import keys_help  # every key of PipelineConfig in --help
-
-    p = argparse.ArgumentParser(prog="m2fdist pipeline", description=__doc__.splitlines()[0],
-                                epilog=keys_help(PipelineConfig()),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True, help="configs/<dataset>/pipeline.yaml")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved pipeline config (YAML, then key=value overrides) and exit without "
-                        "packing or launching anything")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
-    args = p.parse_args(argv)
-    try:
-        cfg = load(args.config, args.overrides)
-        if args.print_config:
-            from m2fdist.confighelp import print_config
-
-            print_config(cfg)
-            return 0
-        Pipeline(cfg).run()
-    except (ConfigError, RuntimeError) as e:
-        print(f"m2fdist pipeline: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,13 +6,40 @@ Frames are small to keep the suite fast; the MTCNN test makes its own larger cli
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
-from launching import BIN, common, concurrently, deepspeed, run
+from launching import common, concurrently, deepspeed
 
+from m2fdist.data.texts import shard_texts
+from m2fdist.inference.export import export
+from m2fdist.models.tiny_text import build_tiny_roberta
 from m2fdist.pack import PackOptions, pack
 from m2fdist.synth import synth_iemocap, synth_meld
+
+# Every test carries exactly one of these (checked at collection): `make test-fast` runs the unit tests alone.
+MARKERS = {
+    "unit": "in this process: no launcher, no other process that loads the package (loader and pack workers, "
+            "ffmpeg and a local HTTP server allowed); the inner loop, `make test-fast`",
+    "launch": "starts real launchers or processes that load the package (deepspeed, accelerate, several ranks, the "
+              "CLI in a subprocess, concurrent writers): the integration tests",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, what in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = [f"{item.nodeid}: {sorted(m) or 'none'}" for item in items
+           if len(m := {mark.name for mark in item.iter_markers()} & set(MARKERS)) != 1]
+    if bad:
+        raise pytest.UsageError("every test is marked exactly one of unit / launch:\n  " + "\n  ".join(bad))
+
 
 SMALL = (160, 96)
 MAX_SIDE = 128
@@ -49,6 +76,23 @@ def iemocap_shards(iemocap_raw, tmp_path_factory) -> tuple[Path, dict]:
     return out, index
 
 
+@pytest.fixture
+def http_shards(meld_shards):
+    """The test's shards folder, served read-only over HTTP on 127.0.0.1 from a thread."""
+    handler = functools.partial(QuietHandler, directory=str(meld_shards[0]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's name)
+        pass
+
+
 # -- trained tiny stages, shared by test_train.py and test_pipeline.py ----------------------------------
 
 
@@ -58,7 +102,7 @@ def work(meld_shards, tmp_path_factory) -> dict:
     shards, _ = meld_shards
     base = tmp_path_factory.mktemp("train")
     roberta = base / "roberta"
-    run([str(BIN / "m2fdist"), "tiny-text", "--shards", str(shards), "--out", str(roberta)], base / "tiny.log")
+    build_tiny_roberta(roberta, shard_texts(shards), vocab_size=500, hidden_size=32, num_layers=2)  # tiny-text's
     return {"shards": shards, "roberta": roberta, "base": base}
 
 
@@ -68,10 +112,10 @@ def _text_run(work: dict) -> Path:
     deepspeed("launch/train.py", "configs/tiny/text.yaml",
               [*common(work, out), "deepspeed=configs/ds/zero2_fp32.json", "train.epochs=6", "train.lr=3e-3",
                "train.encoder_lr=3e-3", "data.batch_size=2"], work["base"] / "text.log")
-    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / "text_export.log")  # best, for extract
+    # exports in this process (its imports are paid already); the command's own path: tests/test_faults.py
+    export(out, "best")  # for extract
     # the final evaluation's weights are the latest checkpoint: the round trip compares against those
-    run([str(BIN / "m2fdist"), "export", str(out), "--tag", "latest", "--out", str(out / "export_latest")],
-        work["base"] / "text_export_latest.log")
+    export(out, "latest", out / "export_latest")
     return out
 
 
@@ -79,7 +123,7 @@ def train_and_export(work: dict, stage: str, overrides: list[str]) -> Path:
     out = work["base"] / stage
     deepspeed("launch/train.py", f"configs/tiny/{stage}.yaml", [*common(work, out), "wandb.mode=disabled", *overrides],
               work["base"] / f"{stage}.log")
-    run([str(BIN / "m2fdist"), "export", str(out)], work["base"] / f"{stage}_export.log")
+    export(out, "best")
     return out
 
 
@@ -134,10 +178,10 @@ def write_features(out: Path, dims: dict[str, int], dialogs: int = 2, utterances
 
     import numpy as np
 
-    from m2fdist.config import ExtractConfig
-    from m2fdist.data.features import FeatureShardWriter
-    from m2fdist.extract import write_index
-    from m2fdist.labels import LABELS
+    from m2fdist.common.labels import LABELS
+    from m2fdist.config.schema import ExtractConfig
+    from m2fdist.format.features import FeatureShardWriter
+    from m2fdist.inference.extract import write_features_index
 
     rng = np.random.default_rng(0)
     names = LABELS["meld"]
@@ -159,7 +203,7 @@ def write_features(out: Path, dims: dict[str, int], dialogs: int = 2, utterances
         (out / f"{split}-r000of001.stats.json").write_text(json.dumps(stats))
     cfg = ExtractConfig()
     cfg.data.shards = "in-process"
-    write_index(out, cfg, world=1)
+    write_features_index(out, cfg, world=1)
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from m2fdist.runtime import free_port
+from m2fdist.runtime.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,10 +11,15 @@ import yaml
 from conftest import TINY_DIMS, write_features
 
 from m2fdist.cli import main as cli
-from m2fdist.config import ConfigError, ExtractConfig, RunConfig, check_model_paths, load_config, load_extract_config
-from m2fdist.confighelp import describe
-from m2fdist.labels import LABELS
+from m2fdist.common.labels import LABELS
+from m2fdist.config.checks import check_model_paths
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.help import describe
+from m2fdist.config.load import load_config, load_extract_config
+from m2fdist.config.schema import ExtractConfig, RunConfig
 from m2fdist.pipeline import PipelineConfig
+
+pytestmark = pytest.mark.unit
 
 
 def help_of(capsys, command: str) -> str:
@@ -68,9 +73,23 @@ def test_print_config_shows_the_resolved_config_and_exits(tiny_features, capsys,
     assert printed["stage"] == "fusion" and printed["train"]["epochs"] == 3
     assert {k: printed["fusion"][f"dim_{k}"] for k in TINY_DIMS} == TINY_DIMS  # read from index.json
     assert "WORLD_SIZE" not in __import__("os").environ  # nothing was set up to launch
-    # a config error is reported instead, exit 2
-    assert cli(["train", "--config", "configs/tiny/fusion.yaml", "data.shards=/nowhere", "--print-config"]) == 2
-    assert "data.shards=/nowhere: no such folder" in capsys.readouterr().err
+    # data that is not here does not stop the inspection: the config is printed, the failed check is a note
+    assert cli(["train", "--config", "configs/tiny/fusion.yaml", "data.shards=/nowhere", "--print-config",
+                "train.lr=0.123"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["train"]["lr"] == 0.123 and yaml.safe_load(out)["fusion"]["dim_text"] == 0
+    assert "data.shards=/nowhere: no such folder" in err
+    # the shipped configs print on a fresh checkout, where none of their shards exist
+    assert cli(["train", "--config", "configs/meld/fusion.yaml", "--print-config", "train.lr=0.123"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.123
+    # data at a URL is never fetched while inspecting
+    assert cli(["train", "--config", "configs/tiny/fusion.yaml", "data.shards=http://127.0.0.1:1/x",
+                "--print-config"]) == 0
+    assert "is not read while inspecting" in capsys.readouterr().err
+    # a value the config itself gets wrong is still an error, exit 2, one line
+    assert cli(["train", "--config", "configs/tiny/fusion.yaml", "train.lr=0", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr must be > 0.0" in err[0]
 
 
 def test_pipeline_print_config_packs_and_launches_nothing(tmp_path, capsys):
@@ -193,8 +212,8 @@ def test_extract_config_is_its_own_type(tmp_path):
 
 def test_configs_saved_before_extract_config_still_load_and_resume():
     """Run configs saved with the old ``extract`` section and fixed widths: exports load, resumes are not refused."""
-    from m2fdist.checkpoint import config_changes
-    from m2fdist.export import from_dict
+    from m2fdist.config.load import from_dict
+    from m2fdist.training.checkpoint import config_changes
 
     old = RunConfig().to_dict()
     old["extract"] = {"text": "", "audio": "", "visual": "", "out": "shards/meld_features",

@@ -13,15 +13,19 @@ import pytest
 import torch
 import torchvision
 
-from m2fdist.config import ConfigError, load_config
+from m2fdist.cli import main as cli
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import load_config
 from m2fdist.data import LoaderConfig, make_loader
 from m2fdist.data.chunks import chunk_loader
-from m2fdist.extract import extract_dialogs
-from m2fdist.faces import FaceSet, FaceSettings, find_faces, open_faces
-from m2fdist.faces import main as faces_main
+from m2fdist.faces.facepass import find_faces
+from m2fdist.faces.faceset import FaceSet, FaceSettings, open_faces
+from m2fdist.inference.extract import extract_dialogs
 from m2fdist.models import AudioConfig, AudioExtractor, VisualConfig, VisualExtractor
 from m2fdist.models.visual import load_init
-from m2fdist.stages import VisualStage
+from m2fdist.training.stages import VisualStage
+
+pytestmark = pytest.mark.unit
 
 
 def _shards_copy(shards: Path, dest: Path) -> Path:
@@ -39,7 +43,7 @@ def test_face_pass_stores_what_mtcnn_finds_and_resumes(meld_shards, tmp_path, ca
     index = json.loads((shards / "index.json").read_text())
     dev = index["splits"]["dev"]
     settings = FaceSettings(num_frames=2)
-    assert faces_main([str(shards), "--num-frames", "2", "--splits", "dev", "--workers", "1", "--no-progress"]) == 0
+    assert cli(["faces", str(shards), "--num-frames", "2", "--splits", "dev", "--workers", "1", "--no-progress"]) == 0
     folder = shards / "faces"
     stats = sorted(folder.glob("*.stats.json"))
     assert len(stats) == len(dev["shards"])

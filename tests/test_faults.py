@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from launching import BIN, ENV, ROOT
 
-from m2fdist import atomic, checkpoint
-from m2fdist.config import ConfigError, load_config
-from m2fdist.media import MediaError, encode_utterance, ffmpeg_exe, probe
-from m2fdist.tracking import Tracker
+from m2fdist.common import atomic
+from m2fdist.common.media import MediaError, encode_utterance, ffmpeg_exe, probe
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import load_config
+from m2fdist.training import checkpoint
+from m2fdist.training.tracking import Tracker
 
 # -- checkpoints and completion markers -----------------------------------------------------------------
 
@@ -46,18 +48,20 @@ def one_process(monkeypatch):
         monkeypatch.setenv(k, v)
 
 
+@pytest.mark.unit
 def test_fresh_run_refuses_an_earlier_runs_folder(tiny_features, tmp_path, capsys, one_process):
-    from m2fdist.train import main
+    from m2fdist.cli import main as cli
 
     out = fake_run(tmp_path / "run", [40, 60])
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     args = ["--config", "configs/tiny/fusion.yaml", f"data.shards={tiny_features}", f"output_dir={out}"]
-    assert main(args) == 2
+    assert cli(["train", *args]) == 2
     err = capsys.readouterr().err
     assert "holds an earlier run (checkpoints, metrics.jsonl)" in err and "resume=auto" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing touched
 
 
+@pytest.mark.unit
 def test_prune_never_removes_the_runs_own_saves(tmp_path):
     ckpts = fake_run(tmp_path / "run", [1, 2, 3, 4, 5]) / "checkpoints"
     atomic.write_text(ckpts / "best", "step00000001")
@@ -66,14 +70,16 @@ def test_prune_never_removes_the_runs_own_saves(tmp_path):
     assert checkpoint.complete_tags(ckpts) == ["step00000001", "step00000003"]
 
 
+@pytest.mark.unit
 def test_resume_says_what_changed_and_refuses_what_breaks_it(tiny_features, tmp_path, capsys, one_process):
-    from m2fdist.train import check_resume, main
+    from m2fdist.cli import main as cli
+    from m2fdist.training.trainer import check_resume
 
     base = [f"data.shards={tiny_features}", "data.batch_size=2"]
     saved = load_config("configs/tiny/fusion.yaml", [*base, f"output_dir={tmp_path / 'run'}"]).to_dict()
     out = fake_run(tmp_path / "run", [4], config=saved)
     args = ["--config", "configs/tiny/fusion.yaml", *base, f"output_dir={out}", "resume=auto"]
-    assert main([*args, "data.batch_size=4", "fusion.num_layers=3"]) == 2
+    assert cli(["train", *args, "data.batch_size=4", "fusion.num_layers=3"]) == 2
     err = capsys.readouterr().err
     assert "break an exact resume" in err and "data.batch_size: 2 → 4" in err and "fusion.num_layers" in err
     assert "allow_config_change=true" in err
@@ -86,8 +92,9 @@ def test_resume_says_what_changed_and_refuses_what_breaks_it(tiny_features, tmp_
     assert "continuing despite: data.batch_size" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_pointers_must_name_tags(tmp_path, capsys):
-    from m2fdist.export import main as export_main
+    from m2fdist.cli import main as cli
 
     out = fake_run(tmp_path / "run", [4])
     (out / "config.json").write_text(json.dumps({"stage": "fusion"}))
@@ -96,17 +103,18 @@ def test_pointers_must_name_tags(tmp_path, capsys):
         with pytest.raises(ValueError, match="not a checkpoint tag"):
             checkpoint.resolve("auto", out)
         atomic.write_text(out / "checkpoints" / "best", evil)
-        assert export_main([str(out)]) == 2
+        assert cli(["export", str(out)]) == 2
         assert "not a checkpoint tag" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         checkpoint.resolve("../step00000004", out)
 
 
+@pytest.mark.launch
 def test_failed_universal_conversion_shows_deepspeeds_error(tmp_path, monkeypatch):
     """A tag DeepSpeed cannot convert: its own message reaches the caller (on every rank: a broadcast)."""
     import torch.distributed as dist
 
-    from m2fdist.runtime import free_port
+    from m2fdist.runtime.process import free_port
 
     ckpts = fake_run(tmp_path / "run", [4]) / "checkpoints"  # metadata only: no DeepSpeed files
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
@@ -119,10 +127,11 @@ def test_failed_universal_conversion_shows_deepspeeds_error(tmp_path, monkeypatc
         dist.destroy_process_group()
 
 
+@pytest.mark.unit
 def test_replayed_steps_are_logged_once(tmp_path):
     from omegaconf import OmegaConf
 
-    from m2fdist.config import WandbConfig
+    from m2fdist.config.schema import WandbConfig
 
     out = tmp_path / "run"
     fake_run(out, [4])
@@ -140,6 +149,7 @@ def _hammer(path: str, tag: int, n: int) -> None:
         atomic.write_json(Path(path), {"writer": tag, "i": i, "pad": "x" * 4000})
 
 
+@pytest.mark.launch
 def test_concurrent_marker_writers_never_tear_it(tmp_path):
     """Two `pack --part` processes write pack.json at once: a reader always sees one whole file."""
     path = tmp_path / "pack.json"
@@ -158,8 +168,9 @@ def test_concurrent_marker_writers_never_tear_it(tmp_path):
     assert reads > 10 and atomic.stray_temporaries(tmp_path) == []
 
 
+@pytest.mark.launch
 def test_killed_export_leaves_the_previous_one_whole(text_run, tmp_path):
-    from m2fdist.export import load_exported
+    from m2fdist.inference.load import load_exported
 
     out = tmp_path / "export"
     subprocess.run([str(BIN / "m2fdist"), "export", str(text_run), "--out", str(out)], cwd=ROOT, env=ENV,
@@ -191,6 +202,7 @@ def small_raw(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_killed_pack_worker_ends_the_pack_clearly_and_resumes(small_raw, tmp_path, monkeypatch):
     from m2fdist.pack import PackOptions, pack
     from m2fdist.pack.run import KILL_ENV, PackWorkerDied
@@ -218,6 +230,7 @@ def _clip_without_duration(path: Path, seconds: float) -> None:
     path.write_bytes(subprocess.run(cmd, capture_output=True, check=True).stdout)
 
 
+@pytest.mark.unit
 def test_max_seconds_holds_without_a_declared_duration(tmp_path):
     clip = tmp_path / "endless.mkv"
     _clip_without_duration(clip, 4.0)
@@ -228,6 +241,7 @@ def test_max_seconds_holds_without_a_declared_duration(tmp_path):
     assert enc.trimmed and enc.source_duration is None
 
 
+@pytest.mark.unit
 def test_hung_ffmpeg_is_a_media_error(tmp_path, monkeypatch):
     clip = tmp_path / "c.mkv"
     _clip_without_duration(clip, 1.0)
@@ -239,6 +253,7 @@ def test_hung_ffmpeg_is_a_media_error(tmp_path, monkeypatch):
 # -- nonsense config values -----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("override, message", [
     ("train.log_every=0", "train.log_every must be >= 1"), ("train.lr=-1e-3", "train.lr must be > 0.0"),
     ("train.warmup_steps=-5", "train.warmup_steps must be >= 0"), ("data.num_workers=-1", "data.num_workers"),
@@ -252,6 +267,7 @@ def test_nonsense_values_are_refused_before_launch(meld_shards, override, messag
 # -- node cleaners: only what is provably orphaned ------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_shm_cleaner_leaves_what_it_cannot_prove(tmp_path, monkeypatch, capsys):
     from m2fdist.runtime.shm_buffers import PREFIX, remove_orphans
 
@@ -274,6 +290,7 @@ def test_shm_cleaner_leaves_what_it_cannot_prove(tmp_path, monkeypatch, capsys):
     assert remove_orphans(tmp_path) == [orphan] and foreign.exists()
 
 
+@pytest.mark.unit
 def test_jit_lock_on_a_network_filesystem_is_left_and_reported(tmp_path, capsys):
     from m2fdist.runtime.jit_lock import remove_stale_locks
 
@@ -290,6 +307,7 @@ def test_jit_lock_on_a_network_filesystem_is_left_and_reported(tmp_path, capsys)
     assert remove_stale_locks(tmp_path, settle=0, fs_kind="") == [lock]
 
 
+@pytest.mark.unit
 def test_deepspeed_env_example_parses_as_deepspeed_reads_it():
     """DeepSpeed 0.19 splits every line at '=': no comment or blank line may be in the shipped example."""
     lines = (ROOT / "launch" / "deepspeed_env.example").read_text().splitlines()

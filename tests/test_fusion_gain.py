@@ -5,7 +5,7 @@ otherwise, independently (``m2fdist.synth.cues``), so no modality alone can pass
 Here the utterances come from the MELD synthesiser's own plan (labels, dialogs, each modality's cue draw), and
 each modality's feature is the cue it shows as a noisy one-hot: what a perfect extractor could report at best.
 Feature shards are written in the extract stage's format, and the fusion stage trains on them for real
-(``python -m m2fdist.train``, the stage's own entry). So the test isolates the claim that belongs to fusion;
+(``python -m m2fdist train``, the stage's own entry). So the test isolates the claim that belongs to fusion;
 the learned extractors' part is what `make demo-pipeline`'s report shows.
 """
 
@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 from launching import concurrently, run
 
-from m2fdist.config import ExtractConfig
-from m2fdist.data.features import FeatureShardWriter
-from m2fdist.extract import write_index
-from m2fdist.labels import LABELS
+from m2fdist.common.labels import LABELS
+from m2fdist.config.schema import ExtractConfig
+from m2fdist.format.features import FeatureShardWriter
+from m2fdist.inference.extract import write_features_index
 from m2fdist.raw.base import make_key
 from m2fdist.synth import CueConfig
 from m2fdist.synth.meld import plan
+
+pytestmark = pytest.mark.launch
 
 DIMS = {"text": 32, "audio": 16, "visual": 32}
 CUE_OF = {"text": "text", "audio": "audio", "visual": "video"}
@@ -62,12 +64,12 @@ def cue_features(tmp_path_factory) -> Path:
         (out / f"{split}-r000of001.stats.json").write_text(json.dumps(stats))
     cfg = ExtractConfig()
     cfg.extract.out, cfg.data.shards = str(out), "synthetic-cue-plan"
-    write_index(out, cfg, world=1)
+    write_features_index(out, cfg, world=1)
     return out
 
 
 def train(features: Path, out: Path, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "m2fdist.train", "--config",
+    cmd = [sys.executable, "-m", "m2fdist", "train", "--config",
            "configs/tiny/fusion.yaml", f"data.shards={features}", f"output_dir={out}", "wandb.mode=disabled",
            "data.eval_splits=[dev,test]", "train.epochs=10", "data.batch_size=4", "train.lr=3e-3",
            "fusion.dropout=0.3", *extra]

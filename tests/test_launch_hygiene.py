@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from launching import BIN, ENV, fusion_args, run
 
 from m2fdist.runtime.jit_lock import remove_stale_locks
 from m2fdist.runtime.shm_buffers import PREFIX, remove_orphans
+
+pytestmark = pytest.mark.launch
 
 
 def test_stale_build_lock_is_removed(tmp_path):
@@ -51,11 +54,11 @@ def test_launch_survives_a_killed_build(work, features, tmp_path):
     lock.touch()
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
+    cmd = [sys.executable, "-m", "m2fdist", "train", "--config", "configs/tiny/fusion.yaml",
            *fusion_args(work, features, out, "train.max_steps=1")]
     log = tmp_path / "run.log"
     # PATH without this environment's bin folder (a script that never activated it): the build must still be
-    # found up to date, not redone by whichever other ninja PATH holds (m2fdist.runtime.own_ninja)
+    # found up to date, not redone by whichever other ninja PATH holds (m2fdist.runtime.process.own_ninja)
     path = os.pathsep.join(p for p in ENV["PATH"].split(os.pathsep) if Path(p) != BIN)
     so = ext / built.name / f"{built.name}.so"
     built_at = so.stat().st_mtime_ns
@@ -69,7 +72,7 @@ def test_jit_builds_use_the_environments_ninja(monkeypatch):
     """Whatever PATH holds, ninja comes from beside this Python (one ninja version: builds stay up to date)."""
     import shutil
 
-    from m2fdist.runtime import own_ninja
+    from m2fdist.runtime.process import own_ninja
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert own_ninja() == BIN / "ninja"
@@ -108,7 +111,7 @@ def test_ranks_share_the_cores_unless_told(monkeypatch):
 
     import torch
 
-    from m2fdist.runtime import share_cores
+    from m2fdist.runtime.process import share_cores
 
     before = torch.get_num_threads()
     try:

@@ -16,8 +16,10 @@ import torch
 from m2fdist.data import IGNORE_INDEX, LoaderConfig, ShardDecodeError, make_loader
 from m2fdist.data.handoff import WorkerLoader
 from m2fdist.data.loader import ShardDataset
-from m2fdist.data.source import ShardSource
 from m2fdist.data.stream import read_samples
+from m2fdist.format.source import ShardSource
+
+pytestmark = pytest.mark.unit
 
 
 def run_ranks(shards: Path, split: str, world: int, **config) -> list[list[dict]]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from m2fdist.losses import (
+from m2fdist.models.losses import (
     adaptive_margin_triplet_loss,
     class_weights,
     classification_loss,
@@ -16,6 +16,8 @@ from m2fdist.losses import (
     mine_triplets,
     variance_loss,
 )
+
+pytestmark = pytest.mark.unit
 
 # Two triplets whose distances are easy by hand:
 #   1) a=(0,0) p=(0.3,0.4) n=(0.6,0.8): D(a,p)=0.5, D(a,n)=1, D(p,n)=0.5
@@ -111,9 +113,10 @@ def test_printed_amt_settles_with_negatives_no_farther_than_positives():
 def test_extractor_ce_head_adds_cross_entropy_over_real_samples_only(tmp_path):
     import json
 
-    from m2fdist.config import ConfigError, load_config
-    from m2fdist.labels import LABELS
-    from m2fdist.stages import AudioStage
+    from m2fdist.common.labels import LABELS
+    from m2fdist.config.errors import ConfigError
+    from m2fdist.config.load import load_config
+    from m2fdist.training.stages import AudioStage
 
     # the config checks that the shards it names exist and are for its dataset
     index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]), "splits": {}}
@@ -185,8 +188,9 @@ def test_classification_loss_is_cross_entropy_at_gamma_0_and_focal_above():
 
 
 def test_stage_loss_weights_come_from_the_shards_index(meld_shards):
-    from m2fdist.config import ConfigError, load_config
-    from m2fdist.stages.text import TextStage
+    from m2fdist.config.errors import ConfigError
+    from m2fdist.config.load import load_config
+    from m2fdist.training.stages.text import TextStage
 
     shards, index = meld_shards
     counts = [index["splits"]["train"]["labels"][n] for n in index["label_names"]]

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from m2fdist.export import labels_of
+from m2fdist.format.exports import labels_of
 from m2fdist.raw.manifest import read_manifest
+
+pytestmark = pytest.mark.unit
 
 
 def _media(tmp_path):

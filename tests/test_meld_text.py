@@ -13,10 +13,13 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from launching import ROOT
 
-from m2fdist.labels import MELD_LABELS
+from m2fdist.common.labels import MELD_LABELS
 from m2fdist.pipeline import Pipeline, PipelineConfig
+
+pytestmark = pytest.mark.launch
 
 DATA = ROOT.parent / "shared" / "data" / "meld-text"
 TRAIN_UTTERANCES = 500

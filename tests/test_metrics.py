@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from m2fdist.metrics import classification_metrics
+from m2fdist.evaluation.metrics import classification_metrics
+
+pytestmark = pytest.mark.unit
 
 NAMES = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 

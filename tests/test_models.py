@@ -11,13 +11,15 @@ from m2fdist.models import (
     AudioExtractor,
     DialogConfig,
     M2FNetDialog,
-    TextConfig,
     TextModel,
     VisualConfig,
     VisualExtractor,
-    build_input,
 )
+from m2fdist.models.text_config import TextConfig
+from m2fdist.models.text_inputs import build_input
 from m2fdist.models.tiny_text import build_tiny_roberta
+
+pytestmark = pytest.mark.unit
 
 TINY = DialogConfig(num_classes=7, dim_text=32, dim_audio=12, dim_visual=24, num_heads=4, head_hidden=32,
                     dropout=0.0, num_layers=2, num_fusion_layers=2)
@@ -111,9 +113,9 @@ def test_standardize_applies_the_training_statistics():
     torch.testing.assert_close(model(mask, **x), plain(mask, **scaled))
     assert not torch.allclose(model(mask, **x), plain(mask, **x))
     assert "standardize.V.std" in model.state_dict()  # saved with the weights, so exports apply it
-    # under bf16 the statistics stay float32 (m2fdist.train's buffer alignment skips them): a large mean
+    # under bf16 the statistics stay float32 (the trainer's buffer alignment skips them): a large mean
     # over a small spread survives, where bf16 would round x - mean to zero
-    from m2fdist.train import _align_buffers
+    from m2fdist.training.trainer import _align_buffers
 
     for prm in model.parameters():
         prm.data = prm.data.bfloat16()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import MAX_SIDE, SHARD_SIZE
 
+from m2fdist.common.media import audio_from_video, read_wav
 from m2fdist.data.decode import sample_frames
 from m2fdist.data.stream import read_samples
-from m2fdist.media import audio_from_video, read_wav
 from m2fdist.pack import PackOptions, pack
 from m2fdist.raw import read_iemocap, read_meld
 
@@ -34,6 +34,7 @@ def all_samples(shards: Path, index: dict) -> list[dict]:
     return out
 
 
+@pytest.mark.unit
 def test_meld_round_trip(meld_raw, meld_shards):
     root, _ = meld_raw
     shards, index = meld_shards
@@ -75,6 +76,7 @@ def _skipped_by_pack(index: dict, u) -> bool:
                for s in index["skipped"])
 
 
+@pytest.mark.unit
 def test_dialogs_stay_together_and_in_order(meld_shards):
     shards, index = meld_shards
     seen: dict[tuple, str] = {}
@@ -87,6 +89,7 @@ def test_dialogs_stay_together_and_in_order(meld_shards):
         last[d] = int(meta["utt"])
 
 
+@pytest.mark.unit
 def test_meld_bad_clips_are_recorded(meld_raw, meld_shards):
     _, manifest = meld_raw
     shards, index = meld_shards
@@ -110,6 +113,7 @@ def test_meld_bad_clips_are_recorded(meld_raw, meld_shards):
     assert index["skipped_by_reason"]["moov atom not found"] == len(planted["corrupt"])
 
 
+@pytest.mark.unit
 def test_iemocap_round_trip_audio_is_exact(iemocap_raw, iemocap_shards):
     root, _ = iemocap_raw
     shards, index = iemocap_shards
@@ -125,6 +129,7 @@ def test_iemocap_round_trip_audio_is_exact(iemocap_raw, iemocap_shards):
         assert frames.shape[0] == 15 and frames.shape[2] <= MAX_SIDE
 
 
+@pytest.mark.unit
 def test_long_clips_can_be_skipped_and_options_are_guarded(meld_raw, tmp_path):
     root, manifest = meld_raw
     out = tmp_path / "skip"
@@ -137,11 +142,12 @@ def test_long_clips_can_be_skipped_and_options_are_guarded(meld_raw, tmp_path):
         pack("meld", root, out, options=PackOptions(max_side=96), max_count=50, progress=False)
 
 
+@pytest.mark.launch
 def test_killed_pack_resumes(meld_raw, meld_shards, tmp_path):
     root, _ = meld_raw
     ref_dir, ref_index = meld_shards
     out = tmp_path / "resume"
-    cmd = [sys.executable, "-m", "m2fdist.cli", "pack", "meld", "--root", str(root), "--out", str(out),
+    cmd = [sys.executable, "-m", "m2fdist", "pack", "meld", "--root", str(root), "--out", str(out),
            "--workers", "1", "--max-side", str(MAX_SIDE), "--max-seconds", "20", "--shard-size", str(SHARD_SIZE),
            "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -165,6 +171,7 @@ def test_killed_pack_resumes(meld_raw, meld_shards, tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.unit
 def test_parts_cover_the_corpus_once(iemocap_raw, iemocap_shards, tmp_path):
     root, _ = iemocap_raw
     _, ref_index = iemocap_shards
@@ -186,12 +193,14 @@ def test_parts_cover_the_corpus_once(iemocap_raw, iemocap_shards, tmp_path):
         pack("iemocap", root, tmp_path / "x", part="2/2", options=options, progress=False)
 
 
+@pytest.mark.unit
 def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path, capsys):
     from test_readers import csv_only_copy
 
-    from m2fdist.config import ConfigError, load_config
+    from m2fdist.config.errors import ConfigError
+    from m2fdist.config.load import load_config
     from m2fdist.data import LoaderConfig, make_loader
-    from m2fdist.pack import summary
+    from m2fdist.format.index import summary
 
     root, _ = meld_raw
     tree = csv_only_copy(root, tmp_path / "csv")

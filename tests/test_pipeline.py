@@ -16,12 +16,11 @@ from launching import deepspeed, fusion_args
 from PIL import Image
 
 from m2fdist.cli import main as cli
-from m2fdist.config import ConfigError
-from m2fdist.export import export
+from m2fdist.config.errors import ConfigError
+from m2fdist.inference.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig, seed_plan
 from m2fdist.pipeline import load as load_pipeline
-from m2fdist.predict import main as predict_main
-from m2fdist.report import aggregate, seeds_markdown, write_report
+from m2fdist.results.report import aggregate, seeds_markdown, write_report
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +40,7 @@ def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_fact
     return runs
 
 
+@pytest.mark.launch
 def test_pipeline_skips_finished_stages(pipeline_runs, work, features, capsys):
     cfg = PipelineConfig(shards=str(work["shards"]), features=str(features), runs=str(pipeline_runs), num_gpus=2,
                          ablations=False)
@@ -54,6 +54,7 @@ def test_pipeline_skips_finished_stages(pipeline_runs, work, features, capsys):
     assert report.is_file() and (pipeline_runs / "model" / "fusion" / "model.safetensors").is_file()
 
 
+@pytest.mark.launch
 def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(pipeline_runs, runs)
@@ -81,8 +82,10 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
     assert (runs / "model" / "fusion" / "model.safetensors").is_file()
 
 
+@pytest.mark.launch
 def test_fusion_dims_come_from_the_features(features):
-    from m2fdist.config import ConfigError, load_config
+    from m2fdist.config.errors import ConfigError
+    from m2fdist.config.load import load_config
 
     cfg = load_config("configs/meld/fusion.yaml", [f"data.shards={features}"])  # sets no dims: from index.json
     assert (cfg.fusion.dim_text, cfg.fusion.dim_audio, cfg.fusion.dim_visual) == (32, 16, 32)
@@ -90,6 +93,7 @@ def test_fusion_dims_come_from_the_features(features):
         load_config("configs/meld/fusion.yaml", [f"data.shards={features}", "fusion.dim_text=1024"])
 
 
+@pytest.mark.launch
 def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):
     path = write_report(pipeline_runs)
     report = json.loads(path.read_text())
@@ -136,8 +140,9 @@ def test_report_scores_the_shipped_model(pipeline_runs, features, tmp_path):
         assert img.size[1] > img.size[0] // 2  # one row per stage: text, audio, visual, fusion (+ fusion_T)
 
 
+@pytest.mark.launch
 def test_fusion_model_standardizes_with_the_train_split(pipeline_runs, features):
-    from m2fdist.export import load_exported
+    from m2fdist.inference.load import load_exported
 
     _, model = load_exported(pipeline_runs / "fusion" / "export")
     arrays: dict[str, list[np.ndarray]] = {}
@@ -154,9 +159,10 @@ def test_fusion_model_standardizes_with_the_train_split(pipeline_runs, features)
         np.testing.assert_allclose(model.standardize[m].std.numpy(), x.std(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.launch
 def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     root, manifest = meld_raw
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root)]) == 0
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(root)]) == 0
     out = capsys.readouterr()
     rows = json.loads(out.out)
     done = [r for r in rows if r["emotion"] is not None]
@@ -170,7 +176,7 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     assert long and long[0]["note"].startswith("audio: used the first 2 s of")
     assert "clip missing" in out.err
     csv_path = tmp_path / "pred.csv"
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root), "--format", "csv",
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(root), "--format", "csv",
                          "--out", str(csv_path)]) == 0
     table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert len(table) == len(rows) and table[0]["emotion"] in table[0]
@@ -187,7 +193,7 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     victim = sorted((bare / "output_repeated_splits_test").glob("dia*_utt1.mp4"))[0]
     data = victim.read_bytes()  # faststart: the header (moov) first; keep it and the media box's header only
     victim.write_bytes(data[: data.index(b"mdat") + 4])
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(bare)]) == 0
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(bare)]) == 0
     rows = json.loads(capsys.readouterr().out)
     dialog = victim.name.split("_")[0][3:]
     broken = [r for r in rows if r["dialog"] == dialog and r["utt"] == "1"]
@@ -195,6 +201,7 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     assert [r for r in rows if r["dialog"] == dialog and r["emotion"] is not None]
 
 
+@pytest.mark.launch
 def test_text_only_report(text_run, tmp_path):
     """A text-only run (m2fdist pipeline with modalities: text) is reported from its text stage and says so."""
     runs = tmp_path / "runs"
@@ -209,6 +216,7 @@ def test_text_only_report(text_run, tmp_path):
         Pipeline(PipelineConfig(runs=str(runs), modalities="audio"))
 
 
+@pytest.mark.unit
 def test_seed_plan():
     cfg = load_pipeline(Path("configs/tiny/pipeline.yaml"), ["seeds=[0,2]", "runs=r", "features=f"])
     assert cfg.seeds == [0, 2]
@@ -232,6 +240,7 @@ def _report(accs: dict[str, float], f1s: dict[str, float]) -> dict:
                           "paper_weighted_f1": 66.71 if k == "T+A+V fused" else None} for k, a in accs.items()]}
 
 
+@pytest.mark.unit
 def test_seed_aggregation_is_mean_and_sample_std():
     reports = {0: _report({"T": 0.5, "A": 0.3, "T+A+V fused": 0.6}, {"T": 0.4, "A": 0.2, "T+A+V fused": 0.65}),
                1: _report({"T": 0.6, "A": 0.4, "T+A+V fused": 0.6}, {"T": 0.5, "A": 0.3, "T+A+V fused": 0.65}),
@@ -255,6 +264,7 @@ def test_seed_aggregation_is_mean_and_sample_std():
         aggregate({})
 
 
+@pytest.mark.launch
 def test_pipeline_over_seeds(pipeline_runs, work, features, tmp_path, capsys):
     """seeds=[0,1] over finished per-seed folders: nothing is trained again, each seed is reported and the rows
     are averaged (seed 1's T row is made to differ, so its mean and std are known)."""
@@ -294,7 +304,7 @@ def test_pipeline_over_seeds(pipeline_runs, work, features, tmp_path, capsys):
 
 
 def _ffmpeg(*args: str) -> None:
-    from m2fdist.media import ffmpeg_exe, run_ffmpeg
+    from m2fdist.common.media import ffmpeg_exe, run_ffmpeg
 
     assert run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]).returncode == 0
 
@@ -303,7 +313,7 @@ def _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys) -> tuple[dict, s
     """MELD-layout predictions, and one fully predicted test dialog re-laid out unlike MELD: nested folders, an
     mp4 by absolute path, and a silent video + wav pair (the wav cut from the clip as the reader would decode it)."""
     root, _ = meld_raw
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(root), "--no-progress"]) == 0
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(root), "--no-progress"]) == 0
     meld_rows = json.loads(capsys.readouterr().out)
     by_dialog: dict[str, list] = {}
     for r in meld_rows:
@@ -335,6 +345,7 @@ def _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys) -> tuple[dict, s
     return want, dialog, out
 
 
+@pytest.mark.launch
 def test_predict_on_manifests_in_any_layout(pipeline_runs, meld_raw, tmp_path, capsys):
     want, dialog, utts = _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys)
     folder = tmp_path / "lists"
@@ -349,7 +360,7 @@ def test_predict_on_manifests_in_any_layout(pipeline_runs, meld_raw, tmp_path, c
     (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shuffled))
     outputs = []
     for name in ("m.csv", "m.jsonl"):
-        assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / name)]) == 0
+        assert cli(["predict", "--model", str(pipeline_runs / "model"), "--manifest", str(folder / name)]) == 0
         said = capsys.readouterr()
         assert "predict: 100%" in said.err  # the progress bar
         rows = json.loads(said.out)
@@ -368,25 +379,26 @@ def test_predict_on_manifests_in_any_layout(pipeline_runs, meld_raw, tmp_path, c
     assert [{k: v for k, v in r.items() if k != "skipped"} for r in outputs[0]] == [
         {k: v for k, v in r.items() if k != "skipped"} for r in outputs[1]]
     # CSV output of a manifest (no split), on an explicit device, in batches of one
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / "m.csv"), "--format",
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--manifest", str(folder / "m.csv"), "--format",
                          "csv", "--out", str(tmp_path / "p.csv"), "--device", "cpu", "--batch-size", "1",
                          "--no-progress"]) == 0
     table = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
     assert {(r["dialog"], r["utt"]): float(r["neutral"]) for r in table if r["emotion"]} == pytest.approx(
         {k: p["neutral"] for k, p in want.items()}, abs=2e-6)
     # errors are one line, not a traceback
-    assert predict_main(["--model", str(tmp_path / "nowhere"), "--manifest", str(folder / "m.csv")]) == 2
+    assert cli(["predict", "--model", str(tmp_path / "nowhere"), "--manifest", str(folder / "m.csv")]) == 2
     assert "is not a model folder" in capsys.readouterr().err
     (folder / "h.csv").write_text("dialog,text\nx,hi\n")
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--manifest", str(folder / "h.csv")]) == 2
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--manifest", str(folder / "h.csv")]) == 2
     assert "missing columns ['utt']" in capsys.readouterr().err
 
 
+@pytest.mark.launch
 def test_python_api_round_trip_and_model_card(pipeline_runs, meld_raw, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
     from m2fdist import M2FNet
-    from m2fdist.export import write_bundle
+    from m2fdist.results.bundle import write_bundle
 
     write_report(pipeline_runs)
     bundle = write_bundle(pipeline_runs, tmp_path / "bundle")  # as the pipeline does after its report
@@ -431,11 +443,12 @@ def test_python_api_round_trip_and_model_card(pipeline_runs, meld_raw, tmp_path,
     assert ModelCard(card).data.library_name == "m2fdist"  # the Hub reads the front matter
 
 
+@pytest.mark.launch
 def test_text_only_bundle_predicts_without_media(text_run, meld_raw, tmp_path, capsys):
     """A text-only pipeline's bundle is its text model: dialogs need no media, and it answers as the engine did."""
     from m2fdist import M2FNet
-    from m2fdist.export import write_bundle
     from m2fdist.raw import read_meld
+    from m2fdist.results.bundle import write_bundle
 
     runs = tmp_path / "runs"
     shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
@@ -461,18 +474,19 @@ def test_text_only_bundle_predicts_without_media(text_run, meld_raw, tmp_path, c
         writer = csv.writer(f)
         writer.writerow(["dialog", "utt", "speaker", "text"])
         writer.writerows([[u.dialog, u.utt, u.speaker, u.text] for d in dialogs for u in d])
-    assert predict_main(["--model", str(bundle), "--manifest", str(tmp_path / "m.csv"), "--no-progress"]) == 0
+    assert cli(["predict", "--model", str(bundle), "--manifest", str(tmp_path / "m.csv"), "--no-progress"]) == 0
     rows = {(r["dialog"], r["utt"]): r["probs"] for r in json.loads(capsys.readouterr().out)}
     assert rows == {(u.dialog, u.utt): r["probs"] for d, rs in zip(dialogs, out, strict=True)
                     for u, r in zip(d, rs, strict=True)}
 
 
+@pytest.mark.launch
 def test_predict_on_iemocap_layout(pipeline_runs, iemocap_raw, tmp_path, capsys):
     """IEMOCAP's layout: each turn cut out of its dialog's avi, its sound from the sentence wav."""
     root, manifest = iemocap_raw
     tree = tmp_path / "dl" / "IEMOCAP_full_release"  # one session is enough; found a level down
     shutil.copytree(root / "Session5", tree / "Session5")
-    assert predict_main(["--model", str(pipeline_runs / "model"), "--root", str(tmp_path / "dl"), "--layout",
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(tmp_path / "dl"), "--layout",
                          "iemocap", "--no-progress"]) == 0
     said = capsys.readouterr()
     rows = json.loads(said.out)

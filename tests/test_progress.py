@@ -6,7 +6,9 @@ import io
 
 import pytest
 
-from m2fdist import progress
+from m2fdist.common import progress
+
+pytestmark = pytest.mark.unit
 
 
 class Terminal(io.StringIO):

@@ -10,6 +10,8 @@ from m2fdist.raw import read_iemocap, read_meld
 from m2fdist.raw.iemocap import dev_dialogs
 from m2fdist.raw.meld import decode_csv_bytes, parse_time
 
+pytestmark = pytest.mark.unit
+
 
 def test_cp1252_decoding_keeps_every_character():
     assert decode_csv_bytes(b"he\x92s here\x85 caf\xe9") == "he’s here… café"

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2fdist.labels import IEMOCAP_LABELS, MELD_LABELS
-from m2fdist.media import MediaError, ffmpeg_exe, probe
+from m2fdist.common.labels import IEMOCAP_LABELS, MELD_LABELS
+from m2fdist.common.media import MediaError, ffmpeg_exe, probe
 from m2fdist.synth import CueConfig, synth_iemocap, synth_meld
 from m2fdist.synth import cues as C
 from m2fdist.synth.iemocap import plan_dialog
 from m2fdist.synth.meld import COLUMNS, FOLDERS, SENTIMENT, dialog_ids, plan
 from m2fdist.synth.render import voice
+
+pytestmark = pytest.mark.unit
 
 
 def _header(path: Path) -> str:

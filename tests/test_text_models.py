@@ -13,9 +13,12 @@ import pytest
 import torch
 from launching import ENV, concurrently, deepspeed, records
 
-from m2fdist.config import ConfigError, load_config
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import load_config
 from m2fdist.data.stream import read_samples
-from m2fdist.models.text import LoraSettings, TextConfig, TextModel, build_input, pool
+from m2fdist.models.text import TextModel, pool
+from m2fdist.models.text_config import LoraSettings, TextConfig
+from m2fdist.models.text_inputs import build_input
 from m2fdist.models.tiny_text import build_tiny_llama
 
 TARGET = {"speaker": "Ross", "text": "Oh my God, he is back!"}
@@ -35,6 +38,7 @@ def minilm() -> TextModel:
     return TextModel.from_pretrained(TextConfig(model=minilm_path(), pooling="mean", context=2), labels=MELD).eval()
 
 
+@pytest.mark.unit
 def test_minilm_is_wordpiece_with_cls_and_sep(minilm):
     tok = minilm.tokenizer
     assert type(tok.backend_tokenizer.model).__name__ == "WordPiece"  # not RoBERTa's byte-level BPE
@@ -47,6 +51,7 @@ def test_minilm_is_wordpiece_with_cls_and_sep(minilm):
     assert minilm.pooling == "mean" and minilm.dim == 384 and minilm.max_length == 512
 
 
+@pytest.mark.unit
 def test_minilm_mean_pooling_matches_sentence_transformers(minilm):
     """One utterance without context is [CLS] text [SEP]: our masked mean must equal the checkpoint's own
     pooling (sentence-transformers reads modules.json: mean pooling, then normalisation), padding or not."""
@@ -66,6 +71,7 @@ def test_minilm_mean_pooling_matches_sentence_transformers(minilm):
     assert first.pooling == "first"
 
 
+@pytest.mark.unit
 def test_speaker_past_and_prompt_formats(minilm):
     tok = minilm.tokenizer
     text = lambda fmt, k=2, n=512: tok.decode(build_input(tok, TARGET, PREV, NEXT, k, n, fmt, MELD))  # noqa: E731
@@ -86,6 +92,7 @@ def test_speaker_past_and_prompt_formats(minilm):
         build_input(tok, TARGET, PREV, NEXT, 2, 512, "prompt")
 
 
+@pytest.mark.unit
 def test_prompt_drops_farthest_turns_first_and_keeps_the_target(minilm):
     tok = minilm.tokenizer
     full = build_input(tok, TARGET, PREV, NEXT, 2, 512, "prompt", MELD)
@@ -107,6 +114,7 @@ def test_prompt_drops_farthest_turns_first_and_keeps_the_target(minilm):
     assert dropped == ["monica", "chandler", "rachel", "joey"]
 
 
+@pytest.mark.unit
 def test_pooling_follows_the_mask_for_either_padding_side():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
@@ -119,6 +127,7 @@ def test_pooling_follows_the_mask_for_either_padding_side():
     assert pool(hidden, left, "mean")[:, 0].tolist() == [2, 6.5]
 
 
+@pytest.mark.unit
 def test_target_pooling_averages_the_target_turn_only(minilm, llama):
     """pooling=target: the mask covers exactly the target turn's tokens (speaker name and text), in every input
     format and padding side, also when neighbours are dropped or the target is cut; the vector is their mean."""
@@ -138,7 +147,7 @@ def test_target_pooling_averages_the_target_turn_only(minilm, llama):
     assert "target_mask" not in minilm.tokenize_metas(metas)  # other poolings hand out no target mask
     with pytest.raises(ValueError, match="target_mask"):
         pool(hidden, batch["attention_mask"], "target")
-    from m2fdist.models.text import build_input_span
+    from m2fdist.models.text_inputs import build_input_span
 
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     for fmt in ("sep", "past", "prompt"):
@@ -160,6 +169,7 @@ def test_target_pooling_averages_the_target_turn_only(minilm, llama):
     assert all(left["input_ids"][r][left["target_mask"][r].bool()].tolist() == llama_own for r in range(2))
 
 
+@pytest.mark.unit
 def test_text_config_values_are_checked(meld_shards, iemocap_shards):
     shards = f"data.shards={meld_shards[0]}"
     for override, message in (("text.pooling=max", "text.pooling"), ("text.input_format=chat", "text.input_format")):
@@ -178,9 +188,10 @@ def test_text_config_values_are_checked(meld_shards, iemocap_shards):
         assert ("offload_param" in zero) == name.endswith("params")
 
 
+@pytest.mark.unit
 def test_loader_workers_tokenise(minilm, meld_shards):
     """The text stage's loader hands out token ids made in its worker process, the same the model makes itself."""
-    from m2fdist.stages import TextStage
+    from m2fdist.training.stages import TextStage
 
     cfg = load_config("configs/tiny/text.yaml", [f"data.shards={meld_shards[0]}", f"text.model={minilm_path()}",
                                                  "data.num_workers=1", "text.input_format=sep_speaker"])
@@ -203,12 +214,13 @@ def llama(meld_shards, tmp_path_factory) -> Path:
     shards, index = meld_shards
     texts = [json.loads(s["json"])["text"] for entry in index["splits"].values() for sh in entry["shards"]
              for s in read_samples([str(shards / sh["url"])])]
-    from m2fdist.models.text import PROMPT_INTRO, PROMPT_QUESTION
+    from m2fdist.models.text_inputs import PROMPT_INTRO, PROMPT_QUESTION
 
     texts += [PROMPT_INTRO, PROMPT_QUESTION.format(labels=", ".join(MELD)), "Answer:"] * 5
     return build_tiny_llama(tmp_path_factory.mktemp("llama"), texts, vocab_size=400, hidden_size=32)
 
 
+@pytest.mark.unit
 def test_decoder_pads_either_side_and_pools_the_last_real_token(llama):
     metas = [TARGET | {"context_prev": PREV, "context_next": NEXT}, {"speaker": "Joey", "text": "How you doin'?"},
              {"speaker": "Phoebe", "text": "Smelly cat", "context_prev": PREV[1:]}]
@@ -233,6 +245,7 @@ def _turns(meta):
     return meta, meta.get("context_prev", []), meta.get("context_next", [])
 
 
+@pytest.mark.unit
 def test_finetune_modes_train_what_they_say(llama):
     base = dict(model=str(llama), input_format="sep_speaker", dropout=0.0)
     full = TextModel.from_pretrained(TextConfig(**base), labels=MELD)
@@ -260,10 +273,11 @@ def test_finetune_modes_train_what_they_say(llama):
     assert not frozen.encoder.training and frozen.head.training  # no dropout in a fixed feature extractor
 
 
+@pytest.mark.unit
 def test_bf16_keeps_rotary_frequencies_in_float32(llama):
     """The trainer casts buffers to the parameters' dtype (BatchNorm statistics), but not a rotary embedding's
     ``inv_freq``: it is a derived constant that Llama computes its angles with in float32."""
-    from m2fdist.train import _align_buffers
+    from m2fdist.training.trainer import _align_buffers
 
     model = TextModel.from_pretrained(TextConfig(model=str(llama), input_format="prompt"), labels=MELD)
     model.to(torch.bfloat16)  # what DeepSpeed's bf16 does to parameters (and, by .to, here to buffers too)
@@ -278,9 +292,10 @@ def test_bf16_keeps_rotary_frequencies_in_float32(llama):
     assert norm.running_mean.dtype == torch.bfloat16  # persistent statistics still follow the weights
 
 
+@pytest.mark.unit
 def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
-    from m2fdist.config import RunConfig
-    from m2fdist.export import merged_lora_state
+    from m2fdist.config.schema import RunConfig
+    from m2fdist.inference.export import merged_lora_state
 
     text = TextConfig(model=str(llama), input_format="prompt", finetune="lora", dropout=0.0,
                       lora=LoraSettings(r=4, alpha=16, dropout=0.0, target_modules=["all-linear"]))
@@ -304,11 +319,12 @@ def test_lora_merges_into_a_plain_model_that_computes_the_same(llama):
         torch.testing.assert_close(plain(**batch), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.unit
 def test_other_peft_adapters_train_merge_and_are_checked(llama, meld_shards):
     """text.finetune=peft takes any peft config as a mapping; IA3 trains only its scaling vectors, merges into
     a plain model that computes the same, and a wrong spec is a config error before launch."""
-    from m2fdist.config import RunConfig
-    from m2fdist.export import merged_lora_state
+    from m2fdist.config.schema import RunConfig
+    from m2fdist.inference.export import merged_lora_state
 
     spec = {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
             "feedforward_modules": ["down_proj"]}
@@ -366,7 +382,8 @@ def _export_predicts_like_the_engine(run: Path, shards: Path, tag: str = "latest
     """The export of a checkpoint gives the probabilities the engine wrote when it evaluated that checkpoint
     (``predictions/`` for the best one, ``predictions/last/`` for the last step's)."""
     from m2fdist.data import LoaderConfig, make_loader
-    from m2fdist.export import export, load_exported
+    from m2fdist.inference.export import export
+    from m2fdist.inference.load import load_exported
 
     _, model = load_exported(export(run, tag, run / f"export_{tag}"))
     written = run / "predictions" / ("last" if tag == "latest" else "") / "dev.jsonl"
@@ -385,6 +402,7 @@ def _export_predicts_like_the_engine(run: Path, shards: Path, tag: str = "latest
     return seen
 
 
+@pytest.mark.launch
 def test_llama_lora_zero3_resumes_exactly_exports_merged_and_feeds_fusion(llama, meld_shards, tmp_path):
     shards = meld_shards[0]
     a, b = tmp_path / "llama_a", tmp_path / "llama_b"
@@ -409,7 +427,7 @@ def _export_extract_and_fuse(llama: Path, a: Path, meld_shards: tuple[Path, dict
     # the adapters and the head are what trained; the checkpoint holds them (and not the frozen base, which
     # resume and export read back from text.model)
     assert json.loads((a / "final.json").read_text())["step"] == 6
-    from m2fdist.export import fp32_state_dict
+    from m2fdist.inference.export import fp32_state_dict
 
     saved = fp32_state_dict(a / "checkpoints", "step00000006")
     assert saved and all(".lora_" in k or k.startswith("head.") for k in saved if not k.endswith("inv_freq"))
@@ -436,6 +454,7 @@ def _export_extract_and_fuse(llama: Path, a: Path, meld_shards: tuple[Path, dict
     assert final["step"] == 4 and 0 <= final["metrics"]["dev"]["weighted_f1"] <= 1
 
 
+@pytest.mark.launch
 def test_minilm_fine_tunes_under_the_launcher_exports_and_extracts(meld_shards, tmp_path):
     shards = meld_shards[0]
     run = tmp_path / "minilm"

@@ -35,12 +35,15 @@ from launching import (
     stacks_of,
 )
 
-from m2fdist.config import ConfigError, deepspeed_config, load_config, precision_of
-from m2fdist.precision import cpu_native_bf16
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import load_config
+from m2fdist.runtime.deepspeed_config import deepspeed_config, precision_of
+from m2fdist.runtime.precision import cpu_native_bf16
 
 # -- configuration errors: found before any process group ----------------------------------------------
 
 
+@pytest.mark.launch
 def test_config_errors_are_clear(tiny_features, tmp_path):
     shards = f"data.shards={tiny_features}"
     cases = [
@@ -64,11 +67,12 @@ def test_config_errors_are_clear(tiny_features, tmp_path):
     ds, _ = deepspeed_config(cfg, world_size=2, device="cpu")
     assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
     # the entry point reports them and exits 2 without starting anything
-    proc = subprocess.run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml", shards,
+    proc = subprocess.run([sys.executable, "-m", "m2fdist", "train", "--config", "configs/tiny/fusion.yaml", shards,
                            "train.epochs=zero"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "config error" in proc.stderr and "epochs" in proc.stderr
 
 
+@pytest.mark.unit
 def test_precision_follows_the_hardware(tiny_features):
     """precision=auto: bf16 only where the device computes it natively; explicit choices and fp16 JSONs on GPUs."""
     shards = f"data.shards={tiny_features}"
@@ -133,6 +137,7 @@ def wandb_history(run_dir: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.launch
 def test_text_stage(text_run, work):
     assert_loss_falls(text_run)
     evals = records(text_run, "eval")
@@ -161,9 +166,10 @@ def test_text_stage(text_run, work):
     assert losses == pytest.approx([r["loss"] for r in records(text_run)])
 
 
+@pytest.mark.launch
 def test_text_export_predicts_like_the_engine(text_run, work):
     from m2fdist.data import LoaderConfig, make_loader
-    from m2fdist.export import load_exported
+    from m2fdist.inference.load import load_exported
 
     # the export ships the best checkpoint on dev; predictions/ hold what the engine said at that checkpoint
     cfg, model = load_exported(text_run / "export")
@@ -185,6 +191,7 @@ def test_text_export_predicts_like_the_engine(text_run, work):
     assert seen == len(live) > 0
 
 
+@pytest.mark.launch
 def test_extractor_stages_zero3_bf16(audio_run, visual_run):
     assert_loss_falls(audio_run)
     assert json.loads((audio_run / "config.json").read_text())["deepspeed"].endswith("zero3.json")
@@ -196,6 +203,7 @@ def test_extractor_stages_zero3_bf16(audio_run, visual_run):
         assert "weighted_f1" in records(run_dir, "eval")[-1]
 
 
+@pytest.mark.launch
 def test_extract_writes_dialog_features(features, meld_shards, launched):
     index = json.loads((features / "index.json").read_text())
     source = meld_shards[1]
@@ -229,6 +237,7 @@ RESUME = ["data.batch_size=1", "train.max_steps=8", "train.save_every=3", "train
           "precision=bf16"]
 
 
+@pytest.mark.launch
 def test_killed_run_resumes_exactly(work, features):
     a, b = work["base"] / "fusion_a", work["base"] / "fusion_b"
     _, rc = concurrently(
@@ -247,13 +256,14 @@ def test_killed_run_resumes_exactly(work, features):
     assert [r["loss"] for r in resumed] == pytest.approx([loss_a[s] for s in range(4, 9)], rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.launch
 def test_two_rank_checkpoint_resumes_on_one_rank(work, features):
     """The 2-rank run's last checkpoint continues in one process (through a universal checkpoint)."""
     b = work["base"] / "fusion_b"
     tag = (b / "checkpoints" / "latest").read_text()
     assert json.loads((b / "checkpoints" / tag / "m2fdist.json").read_text())["world_size"] == 2
     out = work["base"] / "fusion_one"
-    run([sys.executable, "-m", "m2fdist.train", "--config", "configs/tiny/fusion.yaml",
+    run([sys.executable, "-m", "m2fdist", "train", "--config", "configs/tiny/fusion.yaml",
          *fusion_args(work, features, out, *RESUME, "train.max_steps=12", f"resume={b / 'checkpoints' / tag}")],
         work["base"] / "one.log")
     steps = [r["step"] for r in records(out)]
@@ -344,6 +354,7 @@ def launched(work, features, tmp_path_factory) -> dict:
     return {**dict(zip(calls, concurrently(*calls.values()), strict=True)), "logs": logs}
 
 
+@pytest.mark.launch
 def test_two_nodes_on_one_machine(launched):
     rcs, out = launched["two_nodes"]
     assert rcs == [0, 0], log_tail(launched["logs"] / "node0.log")
@@ -351,6 +362,7 @@ def test_two_nodes_on_one_machine(launched):
     assert_loss_falls(out)
 
 
+@pytest.mark.launch
 def test_accelerate_launch(launched, work):
     rc, out = launched["accelerate"]
     assert rc == 0, log_tail(work["base"] / "accelerate.log")
@@ -358,6 +370,7 @@ def test_accelerate_launch(launched, work):
     assert final["world_size"] == 2 and final["step"] == 3
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_command_runs(name, launched, work):
     argv, params = sweep_sample(name)

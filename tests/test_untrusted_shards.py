@@ -7,24 +7,24 @@ samples as the local folder, and evaluation reads each shard once in all.
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
 import io
 import json
 import sys
 import tarfile
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from m2fdist.config import ConfigError, load_config
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.load import load_config
 from m2fdist.data import LoaderConfig, ShardDecodeError, make_loader
-from m2fdist.data.source import ReadPolicy, ShardError, ShardSource
 from m2fdist.data.stream import read_samples
-from m2fdist.pack.index import load_index
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ReadPolicy, ShardError, ShardSource
+
+pytestmark = pytest.mark.unit
 
 EVAL = {"batch_size": 2, "num_workers": 0, "train": False, "members": ("json", "wav")}
 
@@ -187,23 +187,6 @@ def test_config_dataset_must_match_the_shards(meld_shards, tmp_path):
     load_config("configs/tiny/text.yaml", [f"data.shards={shards}"])  # the matching corpus passes
 
 
-@pytest.fixture
-def http_shards(meld_shards):
-    """The test's shards folder, served read-only over HTTP on 127.0.0.1 from a thread."""
-    handler = functools.partial(QuietHandler, directory=str(meld_shards[0]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the stdlib's name)
-        pass
-
-
 def keys_read(shards, split: str = "test", world: int = 1, workers: int = 0) -> Counter:
     seen: Counter = Counter()
     for rank in range(world):
@@ -232,14 +215,15 @@ def test_shards_over_http_and_an_s3_cli_read_the_same_samples(meld_shards, http_
 def test_face_pass_reads_shards_over_http(meld_shards, http_shards, tmp_path, capsys):
     """`m2fdist faces URL --out DIR` stores the boxes a pass over the local folder stores; the stages use
     them when visual.faces names DIR, and auto (no local folder to find at a URL) says MTCNN runs."""
-    from m2fdist.faces import FaceSet, FaceSettings, find_faces, open_faces
-    from m2fdist.faces import main as faces_main
+    from m2fdist.cli import main as cli
+    from m2fdist.faces.facepass import find_faces
+    from m2fdist.faces.faceset import FaceSet, FaceSettings, open_faces
 
     settings, dev = FaceSettings(num_frames=2), meld_shards[1]["splits"]["dev"]
     with pytest.raises(ValueError, match="give --out"):
         find_faces(http_shards, settings=settings, splits=["dev"], workers=0, progress=False)
     remote, local = tmp_path / "remote", tmp_path / "local"
-    assert faces_main([http_shards, "--out", str(remote), "--num-frames", "2", "--splits", "dev", "--workers", "1",
+    assert cli(["faces", http_shards, "--out", str(remote), "--num-frames", "2", "--splits", "dev", "--workers", "1",
                        "--no-progress"]) == 0  # a forkserver worker reads through the pickled source
     find_faces(meld_shards[0], local, settings, splits=["dev"], workers=0, progress=False)
     a, b = FaceSet(remote, settings), FaceSet(local, settings)
@@ -251,7 +235,7 @@ def test_face_pass_reads_shards_over_http(meld_shards, http_shards, tmp_path, ca
     assert "MTCNN runs on every batch" in capsys.readouterr().err
     with pytest.raises(ValueError, match="train shard .*no finished face pass"):  # checked against the URL's index
         open_faces(str(remote), http_shards, settings, verbose=False)
-    assert faces_main(["http://127.0.0.1:1/none", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert cli(["faces", "http://127.0.0.1:1/none", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "cannot fetch" in capsys.readouterr().err
 
 class CountingSource(ShardSource):

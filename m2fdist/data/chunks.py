@@ -11,7 +11,7 @@ Who reads what: dialogs never span shards (packing keeps them together), so with
 slots (world × workers) shard j goes to slot j mod S and each shard is read once; with fewer, every slot
 reads them all and keeps dialog i when i ≡ slot (mod S). Each dialog is extracted exactly once.
 
-Shards are read as the training loader reads them: through :class:`~m2fdist.data.source.ShardSource` (a local
+Shards are read as the training loader reads them: through :class:`~m2fdist.format.source.ShardSource` (a local
 folder or an allowed URL, the read policy's bounds), each shard checked against the count its index entry
 promises, and an optional ``transform`` (the text model's tokeniser) run on each chunk in the worker.
 """
@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from m2fdist.data.collate import collate_utterances
 from m2fdist.data.decode import decode_sample
 from m2fdist.data.handoff import WorkerLoader
-from m2fdist.data.source import ReadPolicy, ShardSource
 from m2fdist.data.stream import shard_units
-from m2fdist.pack.index import load_index
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ReadPolicy, ShardSource
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -43,7 +43,6 @@ def _dialog_id(raw: dict[str, Any]) -> tuple:
 class DialogChunks(IterableDataset):
     """One split's utterances for one rank, as collated chunks of at most ``chunk`` utterances, with
     ``dialog`` (id per utterance) and ``last`` (True on a dialog's last utterance) added to each batch."""
-
     def __init__(self, shards: str | Path | ShardSource, split: str, chunk: int, rank: int, world: int, workers: int,
                  num_frames: int, frame_size: tuple[int, int] | None, members: tuple[str, ...],
                  read: ReadPolicy | None = None, transform: Transform | None = None):

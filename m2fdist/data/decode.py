@@ -3,7 +3,7 @@
 Shards may come from anyone, so nothing here calls pickle or torch.load: ``.json`` goes through
 ``json.loads``, ``.mp4`` through decord, ``.wav`` through the stdlib ``wave`` module. Any other member
 (``.pyd``, ``.pth``, ...) is never decoded; it is dropped with a warning naming the extension. What a
-sample may cost is bounded (:class:`~m2fdist.data.source.ReadPolicy`): a clip's frames × resolution and a
+sample may cost is bounded (:class:`~m2fdist.format.source.ReadPolicy`): a clip's frames × resolution and a
 WAV's length are checked from their headers before the bulk of the decoding, and ``label_id`` must be an
 integer label of the dataset.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import torch  # noqa: F401  (torch must load before decord: decord2 preloads CUDA libs that break CPU convs)
 from torch.utils.dlpack import from_dlpack
 
-from m2fdist.data.source import ReadPolicy
-from m2fdist.media import SAMPLE_RATE, MediaError, read_wav
-from m2fdist.modalities import known_members
+from m2fdist.common.media import SAMPLE_RATE, MediaError, read_wav
+from m2fdist.common.modalities import known_members
+from m2fdist.format.source import ReadPolicy
 
 NUM_FRAMES = 15
 KNOWN_MEMBERS = known_members()
@@ -43,6 +43,7 @@ def sample_frames(video: bytes | str | Path, num_frames: int = NUM_FRAMES,
     clip's frame count × its decoded resolution (millions), checked on the first frame before the rest
     (sampling frames across a clip decodes about all of them).
     """
+    # here, not at the top: decord after torch (decord2's CUDA preloads break CPU convs), and only to decode
     import decord
 
     source = io.BytesIO(video) if isinstance(video, bytes) else str(video)

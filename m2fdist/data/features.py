@@ -1,4 +1,5 @@
-"""Dialog feature shards: what ``m2fdist extract`` writes and the fusion stage reads.
+"""Dialog feature shards read back: decoded and checked, collated into batches, and the moments the fusion
+stage standardises with (the writer is :mod:`m2fdist.format.features`).
 
 One sample per dialog, keyed like its utterances' dialog: ``.json`` (dialog, utterance keys, labels),
 ``.text.npy`` [k, D_T], ``.audio.npy`` [k, D_A], ``.visual.npy`` [k, D_V] and ``.labels.npy`` [k]. Arrays
@@ -8,23 +9,18 @@ are ``.npy`` read with ``allow_pickle=False``: feature shards are as untrusted a
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from m2fdist.common.modalities import MODALITIES
 from m2fdist.data.collate import IGNORE_INDEX
 from m2fdist.data.decode import ShardDecodeError, load_json_member
-from m2fdist.modalities import MODALITIES
-from m2fdist.tarmembers import add_sample, open_tar
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+from m2fdist.data.stream import shard_units
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ShardSource
 
 
 def load_npy(data: bytes, where: str) -> np.ndarray:
@@ -32,26 +28,6 @@ def load_npy(data: bytes, where: str) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:  # raised for object arrays, i.e. pickles
         raise ShardDecodeError(f"{where}: not a plain .npy array ({e})") from e
-
-
-class FeatureShardWriter:
-    """Append dialog feature samples to one tar (written under a temporary name, renamed on close)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.tar = open_tar(self.tmp)
-        self.count = 0
-
-    def write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        members = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
-        members.update({f"{name}.npy": npy_bytes(a) for name, a in arrays.items()})
-        add_sample(self.tar, key, members)
-        self.count += 1
-
-    def close(self) -> None:
-        self.tar.close()
-        self.tmp.replace(self.path)
 
 
 def decode_features(raw: dict[str, Any], num_labels: int | None = None) -> dict[str, Any]:
@@ -109,10 +85,6 @@ def feature_moments(shards: str | Path, split: str, names: tuple[str, ...]) -> d
     The fusion model standardises its inputs with the training split's statistics (DialogConfig.standardize).
     Every rank reads the same shards in the same order in float64, so all ranks get identical values.
     """
-    from m2fdist.data.source import ShardSource
-    from m2fdist.data.stream import shard_units
-    from m2fdist.pack.index import load_index
-
     source = ShardSource(shards)
     index = load_index(source)
     if split not in index["splits"]:

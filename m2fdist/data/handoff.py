@@ -31,7 +31,6 @@ TAG = "_handoff"  # batch key the worker adds: (worker, slot, keys of the tensor
 class Handoff:
     """Free flags of every worker's slots (shared by the training process and its workers) and, in a
     worker, its own slots. One per iterator: each epoch's workers start with every slot free."""
-
     def __init__(self, workers: int, slots: int):
         self.free = torch.ones(workers, slots, dtype=torch.uint8).share_memory_()
         self._slots: list[torch.UntypedStorage | None] = [None] * slots
@@ -128,7 +127,6 @@ def batch_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torc
 class _Install:
     """worker_init_fn: make this iterator's hand-off the worker's. Pickled when the workers start, so each
     iterator's workers get the hand-off that was current then."""
-
     def __init__(self) -> None:
         self.handoff: Handoff | None = None
 
@@ -158,7 +156,6 @@ def forkserver(workers: int, preload: list[str]) -> multiprocessing.context.Base
 class WorkerLoader(DataLoader):
     """A DataLoader over an IterableDataset of ready batches, with ``workers`` processes from a forkserver
     (:func:`forkserver`), handing batches over through reused shared-memory slots."""
-
     def __init__(self, dataset: IterableDataset, workers: int, preload: list[str], prefetch: int = 2,
                  generator: torch.Generator | None = None, slots: int | None = None):
         context = forkserver(workers, ["m2fdist.data.handoff", *preload])
@@ -178,7 +175,6 @@ class WorkerLoader(DataLoader):
 
 class _Receiving:
     """The DataLoader's iterator, with each batch copied out of its slot on the way."""
-
     def __init__(self, inner: Iterator[Any], receive: Callable[[Any], Any]):
         self.inner, self._receive = inner, receive
 

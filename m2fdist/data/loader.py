@@ -19,9 +19,9 @@ from m2fdist.data.collate import collate_dialogs, collate_utterances
 from m2fdist.data.decode import NUM_FRAMES, decode_sample
 from m2fdist.data.features import collate_features, decode_features
 from m2fdist.data.handoff import WorkerLoader
-from m2fdist.data.source import ReadPolicy, ShardSource
 from m2fdist.data.stream import Slot, eval_layout, eval_stream, train_batches_per_rank, train_stream, worker_share
-from m2fdist.pack.index import load_index
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ReadPolicy, ShardSource
 
 
 @dataclass
@@ -50,7 +50,6 @@ def dist_rank_world() -> tuple[int, int]:
 
 class ShardDataset(IterableDataset):
     """One split of a shards folder, as batches for one rank."""
-
     def __init__(self, shards: str | Path | ShardSource, split: str, config: LoaderConfig, rank: int | None = None,
                  world_size: int | None = None):
         super().__init__()
@@ -162,7 +161,7 @@ def make_loader(shards: str | Path | ShardSource, split: str, config: LoaderConf
                 rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """A DataLoader yielding collated batches; ``loader.dataset.set_epoch(e)`` before each epoch.
 
-    ``shards`` is a local folder or a URL (http(s)://, s3://, gs://: see :mod:`m2fdist.data.source`).
+    ``shards`` is a local folder or a URL (http(s)://, s3://, gs://: see :mod:`m2fdist.format.source`).
     """
     config = config or LoaderConfig()
     dataset = ShardDataset(shards, split, config, rank, world_size)

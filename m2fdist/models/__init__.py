@@ -2,7 +2,9 @@
 
 from m2fdist.models.audio import AudioConfig, AudioExtractor
 from m2fdist.models.dialog import DialogConfig, M2FNetDialog
-from m2fdist.models.text import TextConfig, TextModel, build_input
+from m2fdist.models.text import TextModel
+from m2fdist.models.text_config import TextConfig
+from m2fdist.models.text_inputs import build_input
 from m2fdist.models.visual import VisualConfig, VisualExtractor
 
 __all__ = [

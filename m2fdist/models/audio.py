@@ -16,7 +16,7 @@ import torchaudio
 import torchvision
 from torch import Tensor, nn
 
-from m2fdist.media import SAMPLE_RATE
+from m2fdist.common.media import SAMPLE_RATE
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from m2fdist.modalities import BY_LETTER, LETTERS
+from m2fdist.common.modalities import BY_LETTER, LETTERS
 
 
 @dataclass
@@ -58,8 +58,7 @@ class Standardize(nn.Module):
     Computed in float32 whatever the model's precision: a feature whose mean is large against its spread
     would lose the spread if x and mean were rounded to bf16 first. The model casts the result.
     """
-
-    keeps_fp32_buffers = True  # m2fdist.train leaves these buffers in float32 under bf16 / fp16
+    keeps_fp32_buffers = True  # the trainer leaves these buffers in float32 under bf16 / fp16
 
     def __init__(self, dim: int):
         super().__init__()
@@ -86,7 +85,6 @@ def _heads_for(dim: int, wanted: int) -> int:
 
 class ModalityEncoder(nn.Module):
     """N Transformer-encoder layers over a dialog, with a skip connection around the whole stack."""
-
     def __init__(self, dim: int, layers: int, heads: int, ffn_mult: int, dropout: float):
         super().__init__()
         layer = nn.TransformerEncoderLayer(dim, _heads_for(dim, heads), ffn_mult * dim, dropout, batch_first=True)
@@ -100,7 +98,6 @@ class ModalityEncoder(nn.Module):
 
 class FusionLayer(nn.Module):
     """Text is query and value, each other modality is key; outputs concatenated and mapped back to D_T."""
-
     def __init__(self, dim_text: int, key_dims: list[int], heads: int, dropout: float, residual: bool = True):
         super().__init__()
         self.residual = residual
@@ -121,7 +118,6 @@ class FusionLayer(nn.Module):
 
 class M2FNetDialog(nn.Module):
     """Dialog-level M2FNet: logits [B, K, C] from per-utterance features."""
-
     def __init__(self, config: DialogConfig):
         super().__init__()
         self.config = c = config

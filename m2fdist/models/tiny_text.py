@@ -1,4 +1,5 @@
-"""A tiny random RoBERTa with a tokenizer trained locally, saved where ``from_pretrained`` loads it.
+"""Tiny random text models (a RoBERTa, a Llama-family decoder) with tokenizers trained locally, saved where
+``from_pretrained`` loads them.
 
 Nothing can come from the model hub here (tests, CI, the demo), so the real loading path
 (``AutoTokenizer`` / ``AutoModel.from_pretrained(path)``) is exercised on a checkpoint built from the
@@ -10,6 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizer,
+)
 
 
 def build_tiny_roberta(
@@ -23,9 +35,6 @@ def build_tiny_roberta(
     seed: int = 0,
 ) -> Path:
     """Train a byte-level BPE on ``texts``, build a random RoBERTa of the given size, save both to ``out``."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,19 +60,6 @@ def build_tiny_roberta(
     return out
 
 
-def shard_texts(shards: Path) -> list[str]:
-    """Every utterance's text in a packed shards folder (all splits), what the tokenizer is trained on."""
-    from m2fdist.data.stream import read_samples
-    from m2fdist.pack import load_index
-
-    texts = []
-    for entry in load_index(Path(shards))["splits"].values():
-        for shard in entry["shards"]:
-            for sample in read_samples([str(Path(shards) / shard["url"])]):
-                texts.append(json.loads(sample["json"])["text"])
-    return texts
-
-
 def build_tiny_llama(
     out: Path,
     texts: Iterable[str],
@@ -82,9 +78,6 @@ def build_tiny_llama(
     query attention, a tokenizer with BOS / EOS (BOS added in front, as Llama 3's is) and no pad token, so the
     text model's pad handling is what a real Llama / Qwen / Mistral checkpoint meets.
     """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -79,7 +80,6 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
@@ -98,6 +98,7 @@ def download_weights(name: str) -> dict[str, Tensor]:
     """Weights through the libraries' own download APIs (cached in the torch hub folder after the first)."""
     if name == "imagenet":
         return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    # here, not at the top: facenet-pytorch only where a face branch is built
     from facenet_pytorch import InceptionResnetV1
 
     return InceptionResnetV1(pretrained=name, classify=False).state_dict()
@@ -123,7 +124,6 @@ def load_init(backbone: nn.Module, source: str) -> None:
 
 class Embedder(nn.Module):
     """Image batch [N, 3, S, S] in [0, 1] → [N, embed_dim] unit vectors (the triplet-trained extractor)."""
-
     def __init__(self, embed_dim: int, backbone: str = "resnet18"):
         super().__init__()
         if backbone == "resnet18":
@@ -131,6 +131,7 @@ class Embedder(nn.Module):
             net.fc = nn.Identity()
             width = 512
         else:
+            # here, not at the top: facenet-pytorch only where a face branch is built
             from facenet_pytorch import InceptionResnetV1
 
             net = InceptionResnetV1(pretrained=None, classify=False)
@@ -148,7 +149,6 @@ class Embedder(nn.Module):
 
 class FaceDetector:
     """Batched MTCNN on the frames' device; returns per frame boxes [k, 4] (x1, y1, x2, y2) and probs."""
-
     def __init__(self, min_prob: float = 0.9, min_face_size: int = 20):
         self.min_prob, self.min_face_size = min_prob, min_face_size
         self._nets: dict[str, object] = {}
@@ -156,6 +156,7 @@ class FaceDetector:
     def _net(self, device: torch.device):
         key = str(device)
         if key not in self._nets:
+            # here, not at the top: facenet-pytorch only where a face branch is built
             from facenet_pytorch import MTCNN
 
             self._nets[key] = MTCNN(keep_all=True, device=device, min_face_size=self.min_face_size).eval()

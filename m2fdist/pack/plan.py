@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from m2fdist.media import SAMPLE_RATE, video_kbps
+from m2fdist.common.media import SAMPLE_RATE, video_kbps
 from m2fdist.raw.base import Corpus, Utterance
 
 WAV_BYTES_PER_S = SAMPLE_RATE * 2

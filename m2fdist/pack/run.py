@@ -19,12 +19,14 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from m2fdist import atomic
-from m2fdist.modalities import PACKED as MODALITIES
-from m2fdist.pack.index import INDEX_NAME, build_index
+from m2fdist.common import atomic
+from m2fdist.common.errors import RunFailed
+from m2fdist.common.modalities import PACKED as MODALITIES
+from m2fdist.common.progress import bar as progress_bar
+from m2fdist.format.index import INDEX_NAME
+from m2fdist.pack.index import build_index
 from m2fdist.pack.plan import ShardPlan, fingerprint, parse_part, plan_shards, select_part
 from m2fdist.pack.writer import PackOptions, is_finished, write_shard
-from m2fdist.progress import bar as progress_bar
 from m2fdist.raw import read_corpus
 
 PLAN_NAME = "pack.json"
@@ -110,9 +112,7 @@ def pack(
               "written by the run that finishes the last one (or `m2fdist pack ... --index-only`)",
               file=sys.stderr)
         return None
-    index = build_index(out, plan_file)
-    atomic.write_json(out / INDEX_NAME, index)
-    return index
+    return build_index(out, plan_file)
 
 
 def _check_plan(out: Path, plan_file: dict, overwrite: bool) -> None:
@@ -134,7 +134,7 @@ def _check_plan(out: Path, plan_file: dict, overwrite: bool) -> None:
             path.unlink()
 
 
-class PackWorkerDied(RuntimeError):
+class PackWorkerDied(RunFailed):
     """A pack worker process ended abruptly (a signal, the OOM killer): the pack stops, resumable."""
 
 

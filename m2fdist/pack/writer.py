@@ -12,16 +12,17 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2fdist import atomic
-from m2fdist.media import Encoded, MediaError, encode_utterance
-from m2fdist.modalities import PACKED as MODALITIES  # noqa: F401  (the --modalities choices, re-exported)
+from m2fdist.common import atomic
+from m2fdist.common.media import Encoded, MediaError, encode_utterance
+from m2fdist.common.modalities import PACKED as MODALITIES  # noqa: F401  (the --modalities choices, re-exported)
+from m2fdist.format.tarmembers import add_sample, open_tar
 from m2fdist.pack.plan import ShardPlan
 from m2fdist.raw.base import Skip, Utterance
-from m2fdist.tarmembers import add_sample, open_tar
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def _count(u: Utterance, keys: list[str], labels: Counter[str], dialogs: list[st
         dialogs.append(u.dialog)
 
 
-def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions, tick=None) -> dict[str, Any]:
+def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions,
+                tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """Encode every utterance of ``plan`` and write ``out/{name}.tar``; return (and save) its stats.
 
     Media failures (corrupt clip, no audio, clip past ``max_seconds`` under ``long_clips=skip``) become

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from m2fdist.raw.base import Corpus, Skip, Utterance
 from m2fdist.raw.iemocap import read_iemocap
@@ -11,7 +12,8 @@ from m2fdist.raw.meld import read_meld
 READERS = {"meld": read_meld, "iemocap": read_iemocap}
 
 
-def read_corpus(dataset: str, root: Path, **options) -> Corpus:
+def read_corpus(dataset: str, root: Path, **options: Any) -> Corpus:
+    """The corpus of ``root`` read by ``dataset``'s reader (``READERS``: the one place a layout picks its reader)."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(READERS)}")
     return READERS[dataset](Path(root), **options)

@@ -22,7 +22,6 @@ def make_key(*parts: str) -> str:
 @dataclass
 class Utterance:
     """One utterance to pack; ``video`` (and for IEMOCAP ``audio``) point into the raw tree."""
-
     dataset: str
     split: str
     dialog: str
@@ -58,7 +57,6 @@ class Utterance:
 @dataclass
 class Skip:
     """A source item that was not packed, and why: one entry of ``index.json``'s ``skipped``."""
-
     dataset: str
     split: str | None
     reason: str
@@ -73,7 +71,6 @@ class Skip:
 @dataclass
 class Corpus:
     """A reader's result: per split, utterances grouped by dialog in order, plus the skips."""
-
     dataset: str
     splits: dict[str, list[list[Utterance]]]
     skipped: list[Skip]

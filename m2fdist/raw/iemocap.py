@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from m2fdist.labels import label_id
+from m2fdist.common.labels import label_id
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
 
 _EVAL = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context
+from m2fdist.raw.meld import decode_csv_bytes
 
 REQUIRED = ("dialog", "utt", "text")
 OPTIONAL = ("speaker", "video", "audio", "start", "end")
@@ -87,8 +88,6 @@ def utterance(fields: Mapping[str, Any], base: Path, needs: str) -> Utterance:
 
 def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
     """(line, fields) per row, or (line, why the line is not a row)."""
-    from m2fdist.raw.meld import decode_csv_bytes
-
     text = decode_csv_bytes(path.read_bytes())
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         for n, line in enumerate(text.splitlines(), 1):

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from m2fdist.labels import label_id
+from m2fdist.common.labels import label_id
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
 
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

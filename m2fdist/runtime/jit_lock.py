@@ -30,6 +30,7 @@ STALE_AFTER = float(os.environ.get("M2FDIST_JIT_LOCK_STALE_S", 120))
 
 def extensions_root() -> Path:
     """Where torch builds JIT extensions: $TORCH_EXTENSIONS_DIR, or the default root plus its device tag."""
+    # here, not at the top: the build helpers only when a JIT lock is looked at
     from torch.utils.cpp_extension import _get_build_directory
 
     # DeepSpeed's CPU shm op is built first on every CPU launch; its folder's parent is the root.

@@ -18,7 +18,6 @@ import numpy as np
 @dataclass(frozen=True)
 class CueConfig:
     """How often each modality tells the truth, and how labels are spread over a corpus."""
-
     p_text: float = 0.7
     p_audio: float = 0.6
     p_video: float = 0.6
@@ -47,7 +46,6 @@ class CueConfig:
 @dataclass(frozen=True)
 class Cues:
     """Which label's cue each modality of one utterance shows (the truth or a decoy)."""
-
     text: str
     audio: str
     video: str
@@ -55,7 +53,6 @@ class Cues:
 
 def draw_cues(rng: np.random.Generator, label: str, labels: tuple[str, ...], cfg: CueConfig) -> Cues:
     """Draw each modality's cue independently, so their errors are uncorrelated and fusion pays."""
-
     def one(p: float) -> str:
         if label not in labels:
             return str(rng.choice(labels))
@@ -159,7 +156,6 @@ FEMALE = {"Rachel", "Monica", "Phoebe", "Janice", "Emily", "Carol", "Mrs. Green"
 @dataclass(frozen=True)
 class Voice:
     """A label's voice: pitch (Hz), loudness (peak amplitude), syllables per second, pitch slope (/s)."""
-
     f0: float
     amp: float
     rate: float
@@ -196,7 +192,6 @@ def voice_for(rng: np.random.Generator, cue_label: str, female: bool) -> Voice:
 class Look:
     """A label's picture: scene (background) colour, face tint and brightness, face size (crop height
     as a fraction of the frame height; 0.6 keeps the face >= 60 px tall at 180 px) and horizontal place."""
-
     scene: tuple[int, int, int]
     tint: tuple[float, float, float]
     brightness: float

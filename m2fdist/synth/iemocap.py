@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from m2fdist.labels import IEMOCAP_LABELS
-from m2fdist.media import SAMPLE_RATE, write_wav
+from m2fdist.common.labels import IEMOCAP_LABELS
+from m2fdist.common.media import SAMPLE_RATE, write_wav
 from m2fdist.synth.cues import GAP_LOOK, CueConfig, Cues, draw_cues, look_for, sentence, voice_for
 from m2fdist.synth.render import Segment, encode, paint, run_jobs, voice
 
@@ -55,7 +55,6 @@ NOISES = ("[BREATHING]", "[LAUGHTER]", "[GARBAGE]")
 @dataclass(frozen=True)
 class Turn:
     """One planned turn: its name, time span (s, 4 decimals), speaker, label, cues and text."""
-
     name: str
     start: float
     end: float
@@ -68,7 +67,6 @@ class Turn:
 @dataclass(frozen=True)
 class DialogJob:
     """What a worker needs to render one dialog's wavs and avi; plain data so it pickles under spawn."""
-
     root: str
     session: int
     dialog: str

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from m2fdist.labels import MELD_LABELS
+from m2fdist.common.labels import MELD_LABELS
 from m2fdist.synth.cues import (
     FEMALE,
     MELD_GUESTS,
@@ -66,7 +66,6 @@ LONG_SECONDS = 100.0
 @dataclass
 class Utt:
     """One planned CSV row (and its clip)."""
-
     split: str
     dialog: int
     utt: int
@@ -93,7 +92,6 @@ class Utt:
 @dataclass(frozen=True)
 class ClipJob:
     """Everything a worker needs to render one clip; plain data so it pickles under spawn."""
-
     path: str
     duration: float
     clip_seconds: float

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from m2fdist.media import SAMPLE_RATE, MediaError, ffmpeg_exe, write_wav
+from m2fdist.common.media import SAMPLE_RATE, MediaError, ffmpeg_exe, write_wav
 from m2fdist.synth.cues import Look, Voice
 
 # Crop of skimage.data.astronaut() around her face. MTCNN finds the face at (181, 62)-(268, 172), so
@@ -31,6 +31,7 @@ FACE_BOX = (149, 27, 299, 207)  # left, top, right, bottom
 @cache
 def face_crop() -> np.ndarray:
     """The astronaut's face crop, float32 RGB in [0, 255] (bundled with scikit-image, no download)."""
+    # here, not at the top: scikit-image only for the synthetic corpus's face images
     from skimage import data
 
     left, top, right, bottom = FACE_BOX
@@ -57,7 +58,6 @@ def face_patch(look: Look, frame_h: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Segment:
     """A time span of a video showing one look (one utterance, or a gap between turns)."""
-
     t0: float
     t1: float
     look: Look
@@ -186,6 +186,7 @@ def run_jobs(
 
     Spawn rather than fork: callers may already hold torch threads, which fork does not survive well.
     """
+    # here, not at the top: tqdm's auto backend only for the renderer's own progress
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress)

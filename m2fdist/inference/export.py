@@ -1,0 +1,126 @@
+"""Export: one safetensors model (+ its config) from a stage's sharded DeepSpeed checkpoint (``m2fdist export``).
+
+The fp32 weights are rebuilt from the ZeRO shards (any stage, ZeRO-3 included) by DeepSpeed's zero_to_fp32;
+the text stage also saves its model's config and tokenizer, so the export loads anywhere without the original
+checkpoint or the hub. A text model fine-tuned with LoRA is exported merged (W + B·A·alpha/r folded into the
+base weights): the export is a plain model of the base's architecture that loads without peft and runs as
+fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inference.load` reads it back).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from m2fdist.common import atomic
+from m2fdist.common.labels import LABELS
+from m2fdist.config.load import run_config
+from m2fdist.config.schema import RunConfig
+from m2fdist.format.exports import CONFIG, WEIGHTS
+from m2fdist.models.text import TextModel, model_kwargs
+from m2fdist.training import checkpoint
+
+
+def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Consolidated fp32 weights of a tag, whatever its ZeRO stage."""
+    files = list((Path(ckpt_dir) / tag).glob("*optim_states.pt"))
+    if files:
+        # here, not at the top: deepspeed's import costs seconds; checks and --help never pay it
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    # ZeRO stage 0 keeps the whole module in the model-states file. Like every DeepSpeed checkpoint it is a
+    # pickle: export only checkpoints you trust (the export itself is safetensors).
+    states = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
+    """Write ``out`` (default run_dir/export): model.safetensors, config.json and, for text, the encoder.
+
+    The folder is built under a temporary name and renamed into place when complete, so an interrupted
+    export leaves the previous export (or none), never a weights file without its config.
+    """
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if tag in ("best", "latest"):
+        name = checkpoint.read_pointer(ckpt_dir, tag) or checkpoint.read_pointer(ckpt_dir, "latest")
+        if name is None:
+            raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
+        tag = name
+    checkpoint.check_tag(tag, f"--tag {tag}")
+    if not (ckpt_dir / tag / checkpoint.META).is_file():
+        raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
+    state = fp32_state_dict(ckpt_dir, tag)
+    # the label names in output order travel with the weights: a reader needs no table to name the classes
+    meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage, "labels": list(LABELS[cfg.dataset])}
+    if checkpoint.frozen_source(ckpt_dir, tag) is not None:
+        state = with_frozen_base(cfg, state)
+    if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
+        state = merged_lora_state(cfg, state)
+        kind = "LoRA" if cfg.text.finetune == "lora" else str(cfg.text.peft.get("peft_type", "")).upper()
+        meta["text_weights"] = f"{kind} merged into the base weights"
+    out = Path(out or run_dir / "export")
+    tmp = atomic.temp_dir_for(out)
+    try:
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+        if cfg.stage == "text":
+            # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
+            from transformers import AutoConfig, AutoTokenizer
+
+            AutoConfig.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
+            AutoTokenizer.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
+        atomic.publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def with_frozen_base(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint that left its frozen base out (LoRA, frozen encoder), completed from ``text.model``.
+
+    Only frozen parameters may be missing: a trained weight absent from the checkpoint is an error, not
+    something the base may stand in for.
+    """
+    if cfg.stage != "text":
+        raise ValueError(f"a {cfg.stage} checkpoint without its frozen parameters: only text runs save that way")
+    model = TextModel.from_pretrained(cfg.text, labels=LABELS[cfg.dataset])
+    full = model.state_dict()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trained - set(state))
+    if missing:
+        raise ValueError(f"the checkpoint lacks trained weights {missing[:5]}")
+    unknown = sorted(set(state) - set(full))
+    if unknown:
+        raise ValueError(f"the checkpoint holds weights the model from {cfg.text.model} lacks: {unknown[:5]}")
+    return {k: state.get(k, v).float() if v.is_floating_point() else state.get(k, v) for k, v in full.items()}
+
+
+def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA run's weights with the adapters folded in: the state dict of the plain TextModel.
+
+    The model is built on the meta device (no memory for the base's random init) and takes the checkpoint's
+    tensors as they are, so merging an 8B model needs the checkpoint's memory only.
+    """
+    # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+
+    model_config = AutoConfig.from_pretrained(cfg.text.model)
+    kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
+    with torch.device("meta"):
+        model = TextModel(AutoModel.from_config(model_config, **kwargs), AutoTokenizer.from_pretrained(cfg.text.model),
+                          cfg.text, LABELS[cfg.dataset])
+        model.prepare_finetune()
+    model.load_state_dict(state, strict=True, assign=True)
+    model.merge_adapters()
+    return {k: v for k, v in model.state_dict().items() if not v.is_meta}

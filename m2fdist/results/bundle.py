@@ -1,0 +1,41 @@
+"""``RUNS/model``: the stage exports a prediction needs, the bundle's ``config.json`` and its model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from m2fdist import __version__
+from m2fdist.common import atomic
+from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, is_export, labels_of, read_meta
+from m2fdist.results.card import model_card
+
+
+def write_bundle(runs: Path, out: Path | None = None) -> Path:
+    """``RUNS/model``: the stage exports a prediction needs, the bundle's ``config.json`` and its model card.
+
+    A pipeline with a fusion stage ships text, audio, visual and fusion; a text-only pipeline ships text alone
+    (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is generated
+    from the exports' configs and, when the pipeline's ``report.json`` exists, its scores; call this again
+    after the report to refresh the card. Parts are copied whole, then the card and config are written last.
+    """
+    runs = Path(runs)
+    out = Path(out or runs / "model")
+    fused = is_export(runs / "fusion" / "export")
+    parts = BUNDLE_PARTS if fused else ("text",)
+    missing = [p for p in parts if not is_export(runs / p / "export")]
+    if missing:
+        raise FileNotFoundError(f"{runs}: no export of {', '.join(missing)} (m2fdist export {runs}/STAGE)")
+    for part in parts:
+        shutil.copytree(runs / part / "export", out / part, dirs_exist_ok=True)
+    metas = {p: read_meta(out / p) for p in parts}
+    main_meta = metas["fusion" if fused else "text"]
+    config = {"format": "m2fdist-bundle", "m2fdist": __version__, "dataset": main_meta["run"]["dataset"],
+              "labels": labels_of(main_meta), "parts": list(parts)}
+    report_path = runs / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    atomic.write_text(out / "README.md", model_card(config, metas, report))
+    atomic.write_json(out / CONFIG, config)
+    return out

@@ -1,0 +1,146 @@
+"""What every m2fdist process needs around its work: process set-up, teardown and upstream workarounds.
+
+``train``, ``extract``, the pipeline and the tests use these and nothing else to start and end a process:
+
+- :func:`single_process_env`: ``m2fdist train`` without a launcher describes a world of one, as a launcher would;
+- :func:`share_cores`: each rank takes its share of the node's cores (the deepspeed launcher sets no
+  OMP_NUM_THREADS, and 2 ranks on 2 cores ran 4 spinning threads);
+- :func:`own_ninja`: DeepSpeed's JIT ops are built with the ninja installed beside this Python, whatever PATH
+  says (two ninja versions rebuilt the CPU comm op at every launch);
+- :func:`started`: the process group, with the stale JIT-lock watcher (:mod:`.jit_lock`) around its start and
+  the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
+- :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;
+- :func:`run_in_group`: a rank's work between the two, its failure a RunFailed naming the rank;
+- :func:`free_port`: the one free-port helper.
+
+Each workaround says which upstream version it works around.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from m2fdist.common.errors import RunFailed
+from m2fdist.runtime import shm_buffers
+from m2fdist.runtime.jit_lock import stale_lock_watch
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for MASTER_PORT / --master_port)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """Plain ``m2fdist train`` (one process, no launcher): a world of one, as the launcher would describe it."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())})
+
+
+def local_leader() -> bool:
+    """The one process per node that runs node-wide chores (cleaners)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def share_cores() -> int | None:
+    """Give this rank its share of the node's cores as torch threads, unless OMP_NUM_THREADS says otherwise.
+
+    The deepspeed launcher (0.19; unlike torchrun) leaves OMP_NUM_THREADS unset, so every rank starts one
+    thread per core: on 2 cores, 2 ranks ran 4 spinning OpenMP threads, and feature extraction took 8 s per
+    batch instead of 1.4 s. Returns the thread count it set, or None when it left torch's default alone.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    if local <= 1:
+        return None
+    threads = max(1, len(os.sched_getaffinity(0)) // local)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def own_ninja() -> Path | None:
+    """Put the ninja installed beside this Python (DeepSpeed depends on it) first on this process's PATH.
+
+    torch.utils.cpp_extension (2.11) builds DeepSpeed's JIT ops (0.19) with the first ``ninja`` on PATH, and
+    ninja 1.12 changed the hash it records per build command: a system ninja 1.11 and the environment's 1.13
+    each find the other's build out of date. Launches whose PATH differed (the environment's bin folder on it
+    or not: a shell that activated it, a script that did not) rebuilt the CPU comm op at every switch, 18–21 s
+    on 2 cores while the other ranks waited on its lock; one run of the test suite did it five times. Returns
+    the ninja now first on PATH, or None when the environment has none (PATH is then left alone).
+    """
+    ninja = Path(sys.executable).parent / "ninja"
+    if not ninja.is_file():
+        return None
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != str(ninja.parent):
+        os.environ["PATH"] = os.pathsep.join([str(ninja.parent), path]) if path else str(ninja.parent)
+    return ninja
+
+
+def init_distributed() -> None:
+    # here, not at the top: deepspeed's import costs seconds; checks and --help never pay it
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    share_cores()
+    own_ninja()
+    if local_leader():
+        shm_buffers.remove_orphans()
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+@contextmanager
+def started() -> Iterator[None]:
+    """The process group up, with the JIT build-lock watcher running while it starts (and the work runs)."""
+    with stale_lock_watch(enabled=local_leader()):
+        init_distributed()
+        yield
+
+
+def shutdown(rc: int) -> None:
+    """Leave the process group together, then exit without C++ static teardown.
+
+    With several ranks (torch 2.11, gloo), a non-master node sometimes died after finishing its work with
+    "terminate called without an active exception" (exit code 250): a communication thread still joinable
+    when the interpreter tore down. Everything is written and flushed by now, so the process exits directly.
+    Past the barrier no peer opens this rank's shared-memory buffer by name any more: it is unlinked here.
+    """
+    if not dist.is_initialized():
+        return
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dist.barrier()
+    shm_buffers.release_own_buffer(rank)
+    dist.destroy_process_group()
+    if world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+def run_in_group(work: Callable[[], int], what: str) -> int:
+    """Run a rank's ``work`` inside the process group and leave it together; returns its exit code.
+
+    An exception in ``work`` becomes a :class:`~m2fdist.common.errors.RunFailed` naming the rank and ``what``
+    stopped, with the original as its cause (the CLI prints its traceback and exits 1).
+    """
+    single_process_env()
+    with started():
+        try:
+            rc = work()
+        except Exception as e:
+            raise RunFailed(f"rank {os.environ.get('RANK', 0)}: {what} stopped: {e}") from e
+    shutdown(rc)
+    return rc

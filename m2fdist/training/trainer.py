@@ -1,0 +1,306 @@
+"""One DeepSpeed training loop for every stage (text, audio, visual, fusion); ``m2fdist train`` runs it.
+
+The stage (:mod:`m2fdist.training.stages`) supplies the model, loaders, loss and evaluation outputs; this module
+owns the loop around them: DeepSpeed, logging on rank 0, evaluation gathered across ranks, checkpoints with
+exact resume. Config checks happen before the process group, in the command (:mod:`m2fdist.cli.train`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from m2fdist.common import atomic, progress
+from m2fdist.config.errors import ConfigError
+from m2fdist.config.schema import RunConfig
+from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
+from m2fdist.models.device import dtype_of
+from m2fdist.runtime.precision import Precision
+from m2fdist.training import checkpoint
+from m2fdist.training.stages import STAGE_TYPES
+from m2fdist.training.tracking import Tracker
+
+KILL_ENV = "M2FDIST_KILL_AT_STEP"  # tests: rank 0 SIGKILLs itself after this step, like a preempted node
+
+
+@dataclass
+class State:
+    """Where training is; saved in every checkpoint's client state."""
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # micro-batches of the current epoch already trained on (by this rank)
+    best_f1: float = -1.0
+    best_tag: str | None = None
+    best_metrics: dict[str, Any] | None = None  # per eval split: the scores of the checkpoint best_tag names
+    wandb_id: str | None = None
+
+
+def check_resume(cfg: RunConfig) -> None:
+    """Before any process group: a fresh run never lands on an earlier one, and a resume says what changed.
+
+    Changes that alter what the next step computes (model shape, batch, precision, data) are refused unless
+    ``allow_config_change=true``; the universal-checkpoint path covers only a changed world size.
+    """
+    out = Path(cfg.output_dir)
+    try:
+        if not cfg.resume:
+            checkpoint.check_fresh(out)
+            return
+        found = checkpoint.resolve(cfg.resume, out)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    saved = checkpoint.saved_config(*found) if found else None
+    if saved is None:
+        return
+    harmless, breaking = checkpoint.config_changes(saved, cfg.to_dict())
+    if harmless and int(os.environ.get("RANK", 0)) == 0:
+        print("resume: config changed since the checkpoint: " + "; ".join(harmless), file=sys.stderr)
+    if breaking and not cfg.allow_config_change:
+        raise ConfigError(f"resume from {found[0] / found[1]}: these changes break an exact resume: "
+                          + "; ".join(breaking) + " (allow_config_change=true to resume anyway)")
+    if breaking and int(os.environ.get("RANK", 0)) == 0:
+        print("resume: allow_config_change=true, continuing despite: " + "; ".join(breaking), file=sys.stderr)
+
+
+def _align_buffers(module: torch.nn.Module) -> None:
+    """DeepSpeed's bf16/fp16 casts parameters but not buffers: BatchNorm's running statistics follow here.
+
+    Modules that say ``keeps_fp32_buffers`` (feature standardisation) compute in float32 and keep them. Buffers
+    outside the state dict (non-persistent: a rotary embedding's ``inv_freq``) are derived constants that their
+    module computes with in float32 on purpose (rotary angles lose precision at long positions in bf16), so
+    they keep their dtype too.
+    """
+    dtype = dtype_of(module)
+    for sub in module.modules():
+        if getattr(sub, "keeps_fp32_buffers", False):
+            continue
+        transient = getattr(sub, "_non_persistent_buffers_set", set())
+        for name, buf in sub.named_buffers(recurse=False):
+            if name not in transient and buf.is_floating_point() and buf.dtype != dtype:
+                setattr(sub, name, buf.to(dtype))
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, ds_config: dict[str, Any], precision: Precision):
+        self.cfg, self.ds_config, self.precision = cfg, ds_config, precision
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.stage = STAGE_TYPES[cfg.stage](cfg)
+        self.state = State()
+        self.last_saved = -1
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        # here, not at the top: deepspeed's import costs seconds; checks and --help never pay it
+        import deepspeed
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = self.stage.build_model()
+        self.stage.prepare(model)
+        torch.manual_seed(cfg.train.seed + 1000 * self.rank)  # per-rank randomness from here on
+        np.random.seed(cfg.train.seed + 1000 * self.rank)
+        self.train_loader = self.stage.loader(cfg.data.train_split, True, self.rank, self.world)
+        self.accum = self.ds_config["gradient_accumulation_steps"]
+        self.steps_per_epoch = len(self.train_loader) // self.accum
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"one epoch has {len(self.train_loader)} batches per rank, fewer than "
+                              f"gradient accumulation {self.accum}")
+        self.total = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        warmup, total = cfg.train.warmup_steps, self.total
+
+        def schedule(step: int) -> float:  # linear warmup, then linear decay to zero at the last step
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        optimizer = torch.optim.AdamW(self.stage.param_groups(model), lr=cfg.train.lr)
+        resume = checkpoint.resolve(cfg.resume, self.out)
+        load = None
+        if resume:
+            ckpt_dir, tag = resume
+            if checkpoint.saved_world_size(ckpt_dir, tag) != self.world:
+                tag = checkpoint.to_universal(ckpt_dir, tag).name
+                self.ds_config["checkpoint"] = {"load_universal": True}
+            load = (ckpt_dir, tag)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        )
+        _align_buffers(self.engine.module)
+        if load:
+            self._load(*load)
+        self.eval_loaders = {s: self.stage.loader(s, False, self.rank, self.world) for s in cfg.data.eval_splits}
+        if self.rank == 0:
+            print(f"precision: {self.precision.dtype} ({self.precision.reason})", file=sys.stderr)
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(self.out / "config.json", cfg.to_dict())
+        self.tracker = Tracker(self.out, {**cfg.to_dict(), "world_size": self.world,
+                                          "precision": self.precision.dtype,
+                                          "precision_reason": self.precision.reason},
+                               self.rank == 0, cfg.wandb, self.state.wandb_id)
+        self.state.wandb_id = self.tracker.run_id
+
+    def _load(self, ckpt_dir: Path, tag: str) -> None:
+        # a save without the frozen base (LoRA): build_model has just read the base from that same source
+        partial = checkpoint.frozen_source(ckpt_dir, tag) is not None
+        _, client = self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=not partial)
+        if client is None:
+            raise RuntimeError(f"could not load checkpoint {ckpt_dir}/{tag}")
+        self.state = State(**client["state"])
+        saved_world = len(client["rng"])
+        if saved_world == self.world:
+            checkpoint.set_rng_state(client["rng"][self.rank])
+        else:  # a new world size: same samples seen so far, new per-rank randomness
+            self.state.batch = self.state.batch * saved_world // self.world // self.accum * self.accum
+            torch.manual_seed(self.cfg.train.seed + 1000 * self.rank + self.state.step)
+        self.last_saved = self.state.step
+        if self.rank == 0:
+            print(f"resumed from {ckpt_dir}/{tag} at step {self.state.step} (epoch {self.state.epoch})",
+                  file=sys.stderr)
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.setup()
+        st, cfg = self.state, self.cfg
+        kill_at = int(os.environ.get(KILL_ENV, 0))
+        self.progress = progress.bar(self.total, cfg.stage, "step", enabled=self.rank == 0, initial=st.step)
+        while st.step < self.total:
+            self.train_loader.dataset.set_epoch(st.epoch, skip_batches=st.batch)
+            self.engine.train()
+            losses: list[float] = []
+            t0, samples = time.time(), 0
+            for batch in self.train_loader:
+                loss = self.stage.loss(self.engine, batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                st.batch += 1
+                losses.append(float(loss.detach()))
+                samples += len(batch["labels"])
+                if st.batch % self.accum:
+                    continue
+                st.step += 1
+                self.progress.update()
+                if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
+                    self._log_train(losses, samples, time.time() - t0)
+                losses, t0, samples = [], time.time(), 0
+                if cfg.train.eval_every and st.step % cfg.train.eval_every == 0:
+                    self._evaluate_and_keep_best()
+                if cfg.train.save_every and st.step % cfg.train.save_every == 0:
+                    self._save()
+                if kill_at and st.step == kill_at and self.rank == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if st.step >= self.total or st.batch >= self.steps_per_epoch * self.accum:
+                    break
+            if st.batch >= self.steps_per_epoch * self.accum:  # the epoch is complete
+                st.epoch, st.batch = st.epoch + 1, 0
+                if st.step < self.total:
+                    self._evaluate_and_keep_best()
+                    self._save()
+        self.progress.close()
+        last = self._evaluate_and_keep_best(last=True)
+        self._save()
+        self._write_final(last)
+        self.tracker.finish()
+        dist.barrier()
+        return 0
+
+    def _write_final(self, last: dict[str, Any]) -> None:
+        """final.json: the scores of the checkpoint that is exported (best on dev) and, beside them, the last step's."""
+        st = self.state
+        peaks: list[Any] = [None] * self.world
+        dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        if self.rank == 0:
+            chosen = st.best_tag is not None
+            summary = {"stage": self.cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
+                       "best_step": int(st.best_tag[4:]) if chosen else None, "best_dev_weighted_f1": st.best_f1,
+                       "scored": ("the best checkpoint on dev (what `m2fdist export` ships)" if chosen else
+                                  "the last step (no dev split to choose on)"),
+                       "scored_tag": st.best_tag if chosen else checkpoint.tag_for(st.step),
+                       "metrics": st.best_metrics if chosen else last,
+                       "last": {"step": st.step, "tag": checkpoint.tag_for(st.step), "metrics": last},
+                       "world_size": self.world,
+                       "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
+                       "precision": self.precision.dtype, "precision_reason": self.precision.reason}
+            atomic.write_json(self.out / "final.json", summary)
+
+    def _log_train(self, losses: list[float], samples: int, seconds: float) -> None:
+        stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)
+        dist.all_reduce(stats)
+        norm = self.engine.get_global_grad_norm()
+        values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
+                  "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
+                  "samples_per_s": float(stats[1]) / max(seconds, 1e-9)}
+        self.tracker.log(self.state.step, values)
+        epochs = -(-self.total // self.steps_per_epoch)  # the epoch shown counts from 1, as people count
+        self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {values['loss']:.4f}, "
+                                      f"lr {values['lr']:.2e}, {values['samples_per_s']:.1f} samples/s")
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def _evaluate(self) -> dict[str, tuple[dict[str, Any], Outputs, np.ndarray]]:
+        """(metrics, outputs, predictions) per eval split, gathered from every rank; on rank 0 only."""
+        results = {}
+        self.engine.eval()
+        for split, loader in self.eval_loaders.items():
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, collect(self.stage, self.engine, loader))
+            if self.rank == 0:
+                out = Outputs.join(gathered)
+                metrics, preds = score(self.stage, out, self.cfg.triplet.knn)
+                results[split] = (metrics, out, preds)
+        self.engine.train()
+        return results
+
+    def _evaluate_and_keep_best(self, last: bool = False) -> dict[str, Any]:
+        """Evaluate, log, and when dev weighted F1 improves save the checkpoint and mark it best.
+
+        Prediction files are written for the best checkpoint (``predictions/SPLIT.jsonl``: the model that is
+        exported) and, at the end, for the last step (``predictions/last/SPLIT.jsonl``).
+        """
+        results = self._evaluate()
+        for split, (metrics, out, preds) in results.items():
+            self.tracker.log_eval(self.state.step, split, metrics, self.stage.names, out.labels, preds)
+            progress.say(f"{self.cfg.stage} step {self.state.step}/{self.total} {split}: accuracy "
+                         f"{metrics['accuracy']:.4f}, weighted F1 {metrics['weighted_f1']:.4f}", self.progress)
+        scores = [results["dev"][0]["weighted_f1"] if "dev" in results else -1.0]
+        dist.broadcast_object_list(scores, src=0)
+        improved = "dev" in self.eval_loaders and scores[0] > self.state.best_f1
+        if improved:
+            self.state.best_f1 = scores[0]
+            self.state.best_tag = checkpoint.tag_for(self.state.step)
+            self.state.best_metrics = {s: r[0] for s, r in results.items()}
+            self._save()
+            checkpoint.mark_best(self.ckpt_dir, self.state.best_tag)
+        if self.rank == 0:
+            for split, (_, out, preds) in results.items():
+                rows = prediction_rows(self.stage, out, preds)
+                if improved:
+                    self._write_predictions(self.out / "predictions" / f"{split}.jsonl", rows)
+                if last:
+                    self._write_predictions(self.out / "predictions" / "last" / f"{split}.jsonl", rows)
+        return {s: r[0] for s, r in results.items()}
+
+    @staticmethod
+    def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+        atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.last_saved == self.state.step:
+            return
+        client = {"state": vars(self.state).copy(), "config": self.cfg.to_dict()}
+        checkpoint.save(self.engine, self.ckpt_dir, self.state.step, client, self.cfg.train.keep_last,
+                        self.state.best_tag, self.stage.frozen_source())
+        self.last_saved = self.state.step
