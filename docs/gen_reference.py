@@ -8,7 +8,7 @@ fixed width (``COLUMNS=100``), so the pages are the same on every machine.
     .venv/bin/python docs/gen_reference.py           # (re)write the pages
     .venv/bin/python docs/gen_reference.py --check   # exit 1 if the committed pages differ from what it would write
 
-``tests/test_docs.py`` calls :func:`stale` so a config key or an option changed without regenerating fails.
+``tests/docs/test_docs.py`` calls :func:`stale` so a config key or an option changed without regenerating fails.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-# -- trained tiny stages, shared by test_train.py and test_pipeline.py ----------------------------------
+# -- trained tiny stages, shared by training/ and pipeline/ tests ----------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,7 @@ def _text_run(work: dict) -> Path:
     deepspeed("launch/train.py", "configs/tiny/text.yaml",
               [*common(work, out), "deepspeed=configs/ds/zero2_fp32.json", "train.epochs=6", "train.lr=3e-3",
                "train.encoder_lr=3e-3", "data.batch_size=2"], work["base"] / "text.log")
-    # exports in this process (its imports are paid already); the command's own path: tests/test_faults.py
+    # exports in this process (its imports are paid): the command runs in tests/training/test_checkpoint_faults.py
     export(out, "best")  # for extract
     # the final evaluation's weights are the latest checkpoint: the round trip compares against those
     export(out, "latest", out / "export_latest")

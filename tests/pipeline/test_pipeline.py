@@ -1,4 +1,4 @@
-"""The pipeline's skip logic, the report and prediction, on the runs tests/test_train.py trained."""
+"""The pipeline's skip logic, the report and prediction, on the runs tests/training/test_train.py trained."""
 
 from __future__ import annotations
 
