@@ -7,6 +7,7 @@ counts) are filled in here from it; a value given that disagrees is an error.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,8 @@ def check_ranges(cfg: RunConfig | ExtractConfig, ranges: tuple[tuple[str, float,
     for key, low, inclusive in ranges:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+            raise ConfigError(f"{key} must be a finite number, not {value}")
         if value < low or (value == low and not inclusive):
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"{key} must be {bound}, not {value}")

@@ -54,6 +54,9 @@ def decode_features(raw: dict[str, Any], num_labels: int | None = None) -> dict[
             if x.ndim != 2 or x.shape[0] != len(labels) or x.dtype.kind != "f":
                 raise ShardDecodeError(f"{where}: {name}.npy must be float [{len(labels)}, D], not {x.dtype} "
                                        f"{list(x.shape)}")
+            if not np.isfinite(x).all():  # one NaN would poison the standardisation of its dimension for all
+                rows = sorted({int(r) for r in np.argwhere(~np.isfinite(x))[:, 0]})
+                raise ShardDecodeError(f"{where}: {name}.npy holds non-finite values (utterances {rows[:5]})")
             out[name] = x.astype(np.float32)
     return out
 

@@ -76,7 +76,8 @@ class ShardDataset(IterableDataset):
         self.skip_batches = 0
         if config.train and train_batches_per_rank(self.units, self.world_size, config.batch_size) == 0:
             raise ValueError(
-                f"{split} has {self.units} {config.level}s, fewer than world size {self.world_size} × "
+                f"{split} has {self.units} {'utterances' if config.level == 'utterance' else 'dialogs'}, fewer than "
+                f"world size {self.world_size} × "
                 f"batch size {config.batch_size}: lower the batch size"
             )
 

@@ -169,4 +169,8 @@ def predict_dialog(parts: dict[str, Any], utterances: list, chunk: int = 16, fac
     else:
         logits = feats["logits"]
     probs = logits.float().softmax(-1).cpu().numpy()
-    return dict(zip([u.key for u in good], probs, strict=True)), reasons, notes
+    finite = np.isfinite(probs).all(axis=1)
+    for u, ok in zip(good, finite, strict=True):
+        if not ok:  # never NaN probabilities in the output (not even valid JSON): a skip with its reason
+            reasons[u.key] = "the model's output is not finite (a diverged model?)"
+    return ({u.key: p for u, p, ok in zip(good, probs, finite, strict=True) if ok}, reasons, notes)

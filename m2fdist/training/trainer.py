@@ -8,6 +8,7 @@ exact resume. Config checks happen before the process group, in the command (:mo
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -89,6 +90,10 @@ def _align_buffers(module: torch.nn.Module) -> None:
         for name, buf in sub.named_buffers(recurse=False):
             if name not in transient and buf.is_floating_point() and buf.dtype != dtype:
                 setattr(sub, name, buf.to(dtype))
+
+
+class NonFiniteTraining(RuntimeError):
+    """The loss or the gradient norm went NaN or infinite: the run stops rather than ship a diverged model."""
 
 
 class Trainer:
@@ -192,6 +197,7 @@ class Trainer:
                 if st.batch % self.accum:
                     continue
                 st.step += 1
+                self._check_finite(losses)
                 self.progress.update()
                 if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
                     self._log_train(losses, samples, time.time() - t0)
@@ -236,6 +242,25 @@ class Trainer:
                        "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             atomic.write_json(self.out / "final.json", summary)
 
+    def _check_finite(self, losses: list[float]) -> None:
+        """Stop the run, on every rank at the same step, when this step's loss or gradient norm is not finite.
+
+        A diverged model must never be evaluated, saved or marked best: argmax of NaN logits is class 0, the
+        majority class, whose scores look plausible. (Lightning's ``EarlyStopping(check_finite=True)`` and
+        Composer's NaNMonitor stop too.) The flag is all-reduced, so every rank raises at the same step and none
+        is left waiting in a collective; the last checkpoint on disk is from before the divergence.
+        """
+        norm = self.engine.get_global_grad_norm()
+        bad = not all(math.isfinite(x) for x in losses) or (norm is not None and not math.isfinite(float(norm)))
+        flag = torch.tensor([float(bad)], dtype=torch.float64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            latest = checkpoint.read_pointer(self.ckpt_dir, "latest")
+            raise NonFiniteTraining(
+                f"step {self.state.step}: the loss ({losses[-1] if losses else None}) or the gradient norm ({norm}) "
+                f"is not finite on some rank; nothing of this step was evaluated or saved (last checkpoint: "
+                f"{latest or 'none'}). Lower train.lr / train.encoder_lr, keep train.clip > 0, or try precision=fp32")
+
     def _log_train(self, losses: list[float], samples: int, seconds: float) -> None:
         stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)
         dist.all_reduce(stats)
@@ -274,7 +299,9 @@ class Trainer:
             self.tracker.log_eval(self.state.step, split, metrics, self.stage.names, out.labels, preds)
             progress.say(f"{self.cfg.stage} step {self.state.step}/{self.total} {split}: accuracy "
                          f"{metrics['accuracy']:.4f}, weighted F1 {metrics['weighted_f1']:.4f}", self.progress)
-        scores = [results["dev"][0]["weighted_f1"] if "dev" in results else -1.0]
+        # a model whose dev outputs are not finite is never the best one, whatever argmax makes of them
+        finite = "dev" in results and bool(np.isfinite(results["dev"][1].outputs).all())
+        scores = [results["dev"][0]["weighted_f1"] if finite else -1.0]
         dist.broadcast_object_list(scores, src=0)
         improved = "dev" in self.eval_loaders and scores[0] > self.state.best_f1
         if improved:

@@ -15,6 +15,10 @@ from m2fdist.config.load import load_config
     ("train.log_every=0", "train.log_every must be >= 1"), ("train.lr=-1e-3", "train.lr must be > 0.0"),
     ("train.warmup_steps=-5", "train.warmup_steps must be >= 0"), ("data.num_workers=-1", "data.num_workers"),
     ("triplet.knn=0", "triplet.knn must be >= 1"), ("train.encoder_lr=-1", "train.encoder_lr"),
+    # NaN compares false with every bound, so it used to pass; inf is no learning rate either
+    ("train.lr=nan", "train.lr must be a finite number, not nan"),
+    ("train.encoder_lr=inf", "train.encoder_lr must be a finite number, not inf"),
+    ("train.clip=-inf", "train.clip must be a finite number"),
 ])
 def test_nonsense_values_are_refused_before_launch(meld_shards, override, message):
     with pytest.raises(ConfigError, match=message):
