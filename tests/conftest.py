@@ -93,6 +93,14 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def csv_only_copy(root: Path, out: Path) -> Path:
+    """The tree's three CSVs and nothing else: what a user who downloaded only MELD's annotations has."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
+        (out / name).write_bytes((root / name).read_bytes())
+    return out
+
+
 # -- trained tiny stages, shared by training/ and pipeline/ tests ----------------------------------
 
 

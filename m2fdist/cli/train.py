@@ -19,6 +19,7 @@ from m2fdist.config.load import load_config, read_config
 from m2fdist.config.schema import RunConfig
 from m2fdist.runtime import process
 from m2fdist.runtime.deepspeed_config import deepspeed_config
+from m2fdist.training import runlock
 from m2fdist.training.trainer import Trainer, check_resume
 
 
@@ -35,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     process.single_process_env()
     ds_config, precision = deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]))
     check_resume(cfg)
+    runlock.claim(cfg.output_dir)  # one live run per output_dir, before anything is written there
     return process.run_in_group(lambda: Trainer(cfg, ds_config, precision).run(), "training")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,57 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
     return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False))
+
+
+def temp_path_for(final: str | Path) -> Path:
+    """A fresh, empty file beside ``final`` that only this writer uses, to fill and then ``os.replace`` into place.
+
+    Unique per writer (two ``m2fdist pack`` into one folder collided on a fixed ``{name}.tar.tmp``, one
+    truncating the other's half-written shard), and named like every other temporary (``.*.tmp``).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer()}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _writer() -> str:
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def remove_dead_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the :func:`temp_path_for` temporaries in ``folder`` whose writer is a dead process of this host.
+
+    A killed writer leaves its temporary behind; a live one (another pack into the same folder, on this host or
+    another) is left alone: the name says which host and process wrote it.
+    """
+    removed = []
+    host = socket.gethostname().replace(".", "_")
+    for path in Path(folder).glob(".*.tmp"):
+        writer = path.name[:-len(".tmp")].rsplit(".", 2)[-2] if path.name.count(".") >= 4 else ""
+        who, _, pid = writer.rpartition("-")
+        if who != host or not pid.isdigit():
+            continue
+        if not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return sorted(removed)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs; a zombie does not (in a container whose PID 1 reaps
+    nothing, a killed writer stays a zombie for good)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def temp_dir_for(final: str | Path) -> Path:

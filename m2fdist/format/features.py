@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from m2fdist.common import atomic
 from m2fdist.format.tarmembers import add_sample, open_tar
 
 
@@ -27,7 +28,7 @@ class FeatureShardWriter:
     """Append dialog feature samples to one tar (written under a temporary name, renamed on close)."""
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = atomic.temp_path_for(self.path)
         self.tar = open_tar(self.tmp)
         self.count = 0
 

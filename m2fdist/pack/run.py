@@ -95,6 +95,7 @@ def pack(
     }
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan_file, overwrite)
+    atomic.remove_dead_temporaries(out)  # what killed writers of this host left; live ones stay
     atomic.write_json(out / PLAN_NAME, plan_file)
 
     if not index_only:

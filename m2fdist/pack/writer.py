@@ -1,8 +1,8 @@
 """Encode one planned shard and write it, tar first, then its stats file as the completion marker.
 
 A shard's tar is written under a temporary name and renamed when complete; the stats file is written
-(atomically) after that. A killed pack therefore leaves at most a stray ``.tmp``; a rerun treats a
-shard as done only when both its tar and stats exist and agree on the size.
+(atomically) after that. A killed pack therefore leaves at most a stray ``.tmp`` (a rerun removes those of
+dead writers); a rerun treats a shard as done only when both its tar and stats exist and agree on the size.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions,
     """
     t0 = time.time()
     tar_path = out / f"{plan.name}.tar"
-    tmp_path = out / f"{plan.name}.tar.tmp"
+    tmp_path = atomic.temp_path_for(tar_path)
     skipped: list[dict] = []
     trimmed: list[dict] = []
     keys: list[str] = []

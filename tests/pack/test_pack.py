@@ -195,7 +195,7 @@ def test_parts_cover_the_corpus_once(iemocap_raw, iemocap_shards, tmp_path):
 
 @pytest.mark.unit
 def test_pack_text_only_from_the_csvs_alone(meld_raw, tmp_path, capsys):
-    from test_readers import csv_only_copy
+    from conftest import csv_only_copy
 
     from m2fdist.config.errors import ConfigError
     from m2fdist.config.load import load_config

@@ -70,3 +70,26 @@ def test_hung_ffmpeg_is_a_media_error(tmp_path, monkeypatch):
     monkeypatch.setenv("M2FDIST_FFMPEG_TIMEOUT", "0.001")
     with pytest.raises(MediaError, match="ffmpeg timed out after 0.001s"):
         probe(clip)
+
+
+@pytest.mark.unit
+def test_two_packs_into_one_folder_never_share_a_temporary(meld_raw, tmp_path):
+    """Each writer fills a temporary of its own: a fixed ``{shard}.tar.tmp`` let a second pack truncate the
+    first one's half-written shard."""
+    from m2fdist.common import atomic
+    from m2fdist.pack import PackOptions, pack
+
+    first = atomic.temp_path_for(tmp_path / "x.tar")
+    second = atomic.temp_path_for(tmp_path / "x.tar")
+    assert first != second and {first, second} == set(atomic.stray_temporaries(tmp_path))
+    out = tmp_path / "text"
+    index = pack("meld", meld_raw[0], out, options=PackOptions(modalities="text"), progress=False)
+    names = [s["url"] for split in index["splits"].values() for s in split["shards"]]
+    again = tmp_path / "again"
+    again.mkdir()
+    planted = {again / f"{n}.tmp": f"another pack's {n}".encode() for n in names}  # the old fixed names
+    for path, data in planted.items():
+        path.write_bytes(data)
+    pack("meld", meld_raw[0], again, options=PackOptions(modalities="text"), progress=False)
+    assert all(path.read_bytes() == data for path, data in planted.items())
+    assert atomic.stray_temporaries(again) == []  # and its own temporaries were all renamed into place

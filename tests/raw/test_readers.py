@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import csv_only_copy
 
 from m2fdist.raw import read_iemocap, read_meld
 from m2fdist.raw.iemocap import dev_dialogs
@@ -114,12 +115,6 @@ def test_dev_split_is_seeded():
     assert dev_dialogs(names, 0.1, 1) != a
 
 
-def csv_only_copy(root, out):
-    """The tree's three CSVs and nothing else: what a user who downloaded only MELD's annotations has."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
-        (out / name).write_bytes((root / name).read_bytes())
-    return out
 
 
 def test_meld_text_only_reads_every_row_without_clips(meld_raw, tmp_path):

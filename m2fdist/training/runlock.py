@@ -1,0 +1,76 @@
+"""One run per output folder: a launch claims its ``output_dir`` before its process group starts.
+
+Two launches 20 s apart into one folder were both accepted (neither had written anything yet when the other
+looked), and then mixed their metrics, configs and checkpoints. Rank 0 of a launch now holds an exclusive
+``flock`` on ``output_dir/.m2fdist-run.lock`` for as long as it lives and writes who holds it (the launch's
+rendezvous address, host, pid, start); the lock goes with the process, however it ends, so a killed run never
+leaves a stale claim. Every other rank finds the lock held and accepts it only when the holder is its own
+launch (the same ``MASTER_ADDR:MASTER_PORT``). ``flock`` holds across the processes of one machine and, on
+NFSv4 and most cluster file systems, across nodes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO
+
+LOCK = ".m2fdist-run.lock"
+
+_held: dict[Path, tuple[IO[str], str]] = {}  # this process's claims (file, launch), kept open until it exits
+
+
+def launch_id() -> str:
+    """What every rank of one launch shares and no other live launch does: its rendezvous address."""
+    return f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def _holder(f: IO[str]) -> dict:
+    f.seek(0)
+    try:
+        return json.loads(f.read() or "{}")
+    except ValueError:
+        return {}
+
+
+def claim(output_dir: str | Path, rank: int | None = None) -> None:
+    """Claim ``output_dir`` for this launch, or raise ValueError naming the live run that holds it."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = (out / LOCK).resolve()
+    if path in _held and _held[path][1] == launch_id():
+        return
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(f)
+        f.close()
+        if rank != 0 and holder.get("launch") == launch_id():
+            return  # our own rank 0 holds it
+        raise ValueError(f"output_dir={out} is in use by another run (launch {holder.get('launch', '?')}, pid "
+                         f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}):"
+                         " wait for it to end, or give this run another output_dir") from None
+    if rank != 0:  # not held: our rank 0 has not claimed it yet, or no live run has; rank 0 decides
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+        return
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"launch": launch_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    f.flush()
+    _held[path] = (f, launch_id())
+
+
+def release(output_dir: str | Path) -> None:
+    """Give up this process's claim (tests; a process's claims also end with it)."""
+    f, _ = _held.pop((Path(output_dir) / LOCK).resolve(), (None, None))
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
