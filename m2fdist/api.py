@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ from m2fdist import __version__
 from m2fdist.common import atomic
 from m2fdist.common.paths import looks_local
 from m2fdist.faces.faceset import FaceSet, FaceSettings
-from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, WEIGHTS, is_export, labels_of, read_meta
+from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, WEIGHTS, bundle_parts, is_export, labels_of, read_meta
 from m2fdist.inference.load import load_exported
-from m2fdist.inference.predict import needs_of, predict_dialog
+from m2fdist.inference.predict import needs_of, predict_dialog, preparation
 from m2fdist.raw.base import Corpus, add_context
 from m2fdist.raw.manifest import utterance
 from m2fdist.results.card import model_card
@@ -88,10 +88,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
                 raise ValueError(f"{path} is the {meta.get('stage')} stage's export; give the bundle (RUNS/model)")
             roots = {"text": path}
         else:
-            if not is_export(path / "text"):
-                raise FileNotFoundError(f"{path} holds no text/{WEIGHTS}: give a bundle (the pipeline writes "
-                                        "RUNS/model) or a text stage's export")
-            roots = {p: path / p for p in BUNDLE_PARTS if is_export(path / p)}
+            roots = {p: path / p for p in bundle_parts(path)}  # only the parts its config names
         exports = {"fusion": load_exported(roots["fusion"], device)} if "fusion" in roots else {}
         mods = exports["fusion"][0].fusion.modalities if exports else ""
         needed = ["text", *(part for m, part in (("A", "audio"), ("V", "visual")) if m in mods)]
@@ -142,29 +139,31 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     def predict_corpus(self, corpus: Any, batch_size: int = 16, faces: Path | None = None,
                        progress: bool = False) -> dict[str, dict[str, Any]]:
         """Per utterance key of a reader's corpus: ``emotion``, ``probs`` by label, and ``skipped`` or ``note``."""
+        return {u.key: r for dialog in self.iter_dialogs(corpus, batch_size, faces, progress) for u, r in dialog}
 
-
+    def iter_dialogs(self, corpus: Any, batch_size: int = 16, faces: Path | None = None,
+                     progress: bool = False) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+        """(utterance, result) pairs, one dialog at a time as each is predicted, so a caller writes results as
+        they come: a run stopped or failing later has lost nothing already done."""
         face_set = None
         if faces is not None and "V" in self.needs:
-
             vis = self.exports["visual"][0]
             face_set = FaceSet(faces, FaceSettings(vis.data.num_frames, vis.visual.min_face_size))
         dialogs = [d for split in corpus.splits.values() for d in split]
-        results: dict[str, dict[str, Any]] = {}
+        prep = preparation(self.exports, self.metas)  # clips prepared as the model's shards were packed
         with tqdm(total=sum(map(len, dialogs)), desc="predict", unit="utt", disable=not progress,
                   file=sys.stderr) as bar:
             for dialog in dialogs:
-                probs, reasons, notes = predict_dialog(self.exports, dialog, batch_size, face_set, bar.update)
-                for u in dialog:
-                    if u.key in probs:
-                        p = probs[u.key]
-                        results[u.key] = {"emotion": self.labels[int(p.argmax())],
-                                          "probs": {n: round(float(x), 6) for n, x in zip(self.labels, p, strict=True)}}
-                        if u.key in notes:
-                            results[u.key]["note"] = notes[u.key]
-                    else:
-                        results[u.key] = {"emotion": None, "probs": None, "skipped": reasons[u.key]}
-        return results
+                probs, reasons, notes = predict_dialog(self.exports, dialog, batch_size, face_set, bar.update,
+                                                       prep)
+                yield [(u, self._result(probs.get(u.key), reasons.get(u.key), notes.get(u.key))) for u in dialog]
+
+    def _result(self, p: Any, reason: str | None, note: str | None) -> dict[str, Any]:
+        if p is None:
+            return {"emotion": None, "probs": None, "skipped": reason}
+        out = {"emotion": self.labels[int(p.argmax())],
+               "probs": {n: round(float(x), 6) for n, x in zip(self.labels, p, strict=True)}}
+        return {**out, "note": note} if note else out
 
     def predict(self, dialogs: Sequence[Sequence[dict[str, Any]]], batch_size: int = 16,
                 progress: bool = False) -> list[list[dict[str, Any]]]:

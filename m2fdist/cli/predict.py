@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +37,32 @@ def read_input(model: M2FNet, manifest: Path | None, root: Path | None, layout: 
 
 
 def predict_rows(model: M2FNet, corpus: Corpus, batch_size: int = 16, faces: Path | None = None,
-                 progress: bool = False) -> list[dict[str, Any]]:
-    """One row per utterance of the corpus (and per skipped source row): emotion and probabilities, or why not."""
-    results = model.predict_corpus(corpus, batch_size=batch_size, faces=faces, progress=progress)
-    rows = []
-    for split, dialogs in corpus.splits.items():
-        for dialog in dialogs:
-            for u in dialog:
-                row = {"split": split, "dialog": u.dialog, "utt": u.utt, "speaker": u.speaker, "text": u.text,
-                       **results[u.key]}
-                if row["emotion"] is None:
-                    print(f"skipped {split} {u.dialog} {u.utt}: {row['skipped']}".replace("  ", " "), file=sys.stderr)
-                rows.append(row)
+                 progress: bool = False) -> Iterator[dict[str, Any]]:
+    """One row per utterance of the corpus (and per skipped source row), a dialog's rows as soon as it is
+    predicted: emotion and probabilities, or why not."""
+    split_of = {u.key: split for split, dialogs in corpus.splits.items() for d in dialogs for u in d}
+    for dialog in model.iter_dialogs(corpus, batch_size=batch_size, faces=faces, progress=progress):
+        for u, result in dialog:
+            split = split_of[u.key]
+            row = {"split": split, "dialog": u.dialog, "utt": u.utt, "speaker": u.speaker, "text": u.text, **result}
+            if row["emotion"] is None:
+                print(f"skipped {split} {u.dialog} {u.utt}: {row['skipped']}".replace("  ", " "), file=sys.stderr)
+            yield row
     for s in corpus.skipped:
         print(f"skipped {s.source or ''} {s.split or ''} {s.dialog or ''} {s.utt or ''}: {s.reason}", file=sys.stderr)
         if corpus.dataset == "manifest":  # a manifest's bad rows are rows of the output too
-            rows.append({"split": "", "dialog": s.dialog, "utt": s.utt, "speaker": None, "text": None,
-                         "emotion": None, "probs": None, "skipped": f"{s.source}: {s.reason}"})
-    return rows
+            yield {"split": "", "dialog": s.dialog, "utt": s.utt, "speaker": None, "text": None,
+                   "emotion": None, "probs": None, "skipped": f"{s.source}: {s.reason}"}
 
 
-def write_rows(rows: list[dict[str, Any]], labels: list[str], fmt: str, out: Any) -> None:
-    if fmt == "json":
-        json.dump(rows, out, indent=1, ensure_ascii=False)
-        out.write("\n")
+def write_rows(rows: Iterable[dict[str, Any]], labels: list[str], fmt: str, out: Any) -> None:
+    """Each row as it comes, flushed: what was predicted before a failure or a stop is on disk."""
+    if fmt == "json":  # one JSON array, written element by element
+        out.write("[")
+        for i, r in enumerate(rows):
+            out.write(("," if i else "") + "\n" + json.dumps(r, indent=1, ensure_ascii=False))
+            out.flush()
+        out.write("\n]\n")
         return
     writer = csv.writer(out)
     writer.writerow(["split", "dialog", "utt", "speaker", "text", "emotion", *labels, "skipped", "note"])
@@ -67,6 +70,7 @@ def write_rows(rows: list[dict[str, Any]], labels: list[str], fmt: str, out: Any
         probs = [r["probs"][n] for n in labels] if r["probs"] else [""] * len(labels)
         writer.writerow([r["split"], r["dialog"], r["utt"], r["speaker"], r["text"], r["emotion"] or "", *probs,
                          r.get("skipped", ""), r.get("note", "")])
+        out.flush()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

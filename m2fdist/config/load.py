@@ -7,6 +7,7 @@ that holds neither its shards nor its models; the checks against the data are :m
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[st
             if not Path(path).is_file():
                 raise ConfigError(f"config file {path} not found")
             loaded = OmegaConf.load(path)
+            refuse_resolvers(OmegaConf.to_container(loaded, resolve=False), path)
             _check_kind(schema, path, loaded, legacy or {})
             merged = OmegaConf.merge(merged, loaded)
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        refuse_resolvers(OmegaConf.to_container(merged, resolve=False), path)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -44,6 +47,30 @@ def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[st
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     except ValueError as e:  # a sub-config's own check (e.g. fusion.modalities)
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+# ``${name:...}``: a resolver call (oc.env, oc.decode, oc.create, ...), as opposed to a plain ``${key}`` reference.
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")
+
+
+def refuse_resolvers(node: Any, path: str | Path | None, key: str = "") -> None:
+    """Refuse every resolver interpolation in a config, before anything resolves it.
+
+    A config is data until a run starts: ``${oc.env:HF_TOKEN}`` would put a secret into a shards URL, the run's
+    ``config.json``, W&B and the error messages, and it resolves even when the config is only being printed.
+    Plain references to other keys (``${train.lr}``) stay. Values a run needs from the environment are read
+    by the code that needs them (the Hub token by huggingface_hub, W&B's key by wandb), never by the config.
+    """
+    if isinstance(node, dict):
+        for k, v in node.items():
+            refuse_resolvers(v, path, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            refuse_resolvers(v, path, f"{key}[{i}]")
+    elif isinstance(node, str) and RESOLVER_CALL.search(node):
+        raise ConfigError(f"{path or 'config'}, key {key}: {node!r} calls a resolver; a config is data: "
+                          "interpolations such as ${oc.env:...} are refused (give the value as key=value, or let "
+                          "the tool that needs a secret read it from the environment itself)")
 
 
 def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, str | None]) -> None:

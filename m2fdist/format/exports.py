@@ -54,12 +54,40 @@ def labels_of(meta: dict[str, Any]) -> list[str]:
     return labels
 
 
+def bundle_parts(path: Path) -> list[str]:
+    """The parts a bundle's own ``config.json`` names, each checked to be there.
+
+    Only these are ever read: a folder may hold other parts (an earlier run's, copied in by hand), and a model
+    must never be assembled from two runs.
+    """
+    path = Path(path)
+    file = path / CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG}: give a bundle (the pipeline writes RUNS/model) or a stage "
+                                "export (m2fdist export RUN)")
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{file}: not JSON") from None
+    parts = config.get("parts") if isinstance(config, dict) else None
+    if not isinstance(parts, list) or "text" not in parts or not set(parts) <= set(BUNDLE_PARTS) \
+            or len(set(parts)) != len(parts):
+        raise ValueError(f"{file}: not a bundle's config (parts must list text and any of "
+                         f"{', '.join(BUNDLE_PARTS[1:])} once each, not {parts!r})")
+    if missing := [p for p in parts if not is_export(path / p)]:
+        raise FileNotFoundError(f"{path}: its {CONFIG} names {', '.join(missing)}, but there is no "
+                                f"{', '.join(p + '/' + WEIGHTS for p in missing)}")
+    return [p for p in BUNDLE_PARTS if p in parts]
+
+
 def resolve_model(path: Path) -> Path:
-    """The export that scores for ``path``: ``path`` itself when it is one, else the fusion export of a bundle."""
+    """The export that scores for ``path``: ``path`` itself when it is one, else the bundle's fusion export
+    (its text export for a text-only bundle)."""
     path = Path(path)
     if is_export(path):
         return path
-    if is_export(path / "fusion"):
-        return path / "fusion"
-    raise FileNotFoundError(f"{path}: no {WEIGHTS} there (nor in {path / 'fusion'}): "
-                            "give an export (m2fdist export RUN) or a pipeline's RUNS/model")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder: give an export (m2fdist export RUN) or a pipeline's "
+                                "RUNS/model")
+    parts = bundle_parts(path)
+    return path / ("fusion" if "fusion" in parts else "text")

@@ -12,17 +12,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from m2fdist.common import atomic
 from m2fdist.common.labels import LABELS
+from m2fdist.config.checks import read_policy
 from m2fdist.config.load import run_config
 from m2fdist.config.schema import RunConfig
 from m2fdist.format.exports import CONFIG, WEIGHTS
+from m2fdist.format.index import load_index
+from m2fdist.format.source import ShardError, ShardSource
+from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
 from m2fdist.models.text import TextModel, model_kwargs
 from m2fdist.training import checkpoint
+
+# The packing options that decide what a clip becomes before an extractor sees it.
+PACKING_KEYS = ("max_side", "max_seconds", "long_clips")
 
 
 def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -38,6 +46,18 @@ def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     states = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
                         weights_only=False)
     return {k: v.float() for k, v in states["module"].items()}
+
+
+def packing_of(cfg: RunConfig) -> dict[str, Any] | None:
+    """How the clips an audio or visual run read were packed (``m2fdist pack``'s options, from the shards'
+    index), so prediction prepares a raw clip the same way; None for other stages or shards not readable now."""
+    if cfg.stage not in ("audio", "visual"):
+        return None
+    try:
+        options = load_index(ShardSource(cfg.data.shards, read_policy(cfg))).get("options") or {}
+    except (OSError, ValueError, ShardError):
+        return None
+    return {k: options[k] for k in PACKING_KEYS if k in options} or None
 
 
 def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
@@ -61,6 +81,8 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     state = fp32_state_dict(ckpt_dir, tag)
     # the label names in output order travel with the weights: a reader needs no table to name the classes
     meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage, "labels": list(LABELS[cfg.dataset])}
+    if packing := packing_of(cfg):
+        meta["packing"] = packing  # predict prepares raw clips exactly as these shards were packed
     if checkpoint.frozen_source(ckpt_dir, tag) is not None:
         state = with_frozen_base(cfg, state)
     if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
@@ -73,11 +95,8 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if cfg.stage == "text":
-            # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
-            from transformers import AutoConfig, AutoTokenizer
-
-            AutoConfig.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
-            AutoTokenizer.from_pretrained(cfg.text.model).save_pretrained(tmp / "text_encoder")
+            load_config(cfg.text.model).save_pretrained(tmp / "text_encoder")
+            load_tokenizer(cfg.text.model).save_pretrained(tmp / "text_encoder")
         atomic.publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,14 +130,10 @@ def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[st
     The model is built on the meta device (no memory for the base's random init) and takes the checkpoint's
     tensors as they are, so merging an 8B model needs the checkpoint's memory only.
     """
-    # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-
-    model_config = AutoConfig.from_pretrained(cfg.text.model)
+    model_config = load_config(cfg.text.model)
     kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
     with torch.device("meta"):
-        model = TextModel(AutoModel.from_config(model_config, **kwargs), AutoTokenizer.from_pretrained(cfg.text.model),
+        model = TextModel(build_encoder(model_config, **kwargs), load_tokenizer(cfg.text.model),
                           cfg.text, LABELS[cfg.dataset])
         model.prepare_finetune()
     model.load_state_dict(state, strict=True, assign=True)

@@ -1,18 +1,72 @@
-"""An export folder back to (config, model in eval mode): safetensors and JSON only, never a pickle."""
+"""An export folder back to (config, model in eval mode): safetensors and JSON only, never a pickle.
+
+An export may come from anyone (a shared bundle, the Hub), so nothing in it is believed before it is checked.
+The model is first built on the meta device (shapes only, no memory) from the export's configs, and compared
+with the weights file's header (tensor names, shapes, kinds) and its size; only a model the file exactly fills
+is then built for real. A config claiming an encoder of 16384 × 64 layers in a 200 KB bundle is refused in
+milliseconds instead of allocating until the process dies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from m2fdist.config.load import from_dict
 from m2fdist.config.schema import RunConfig
 from m2fdist.format.exports import WEIGHTS, labels_of, read_meta
 from m2fdist.models.build import build_model
+from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
 from m2fdist.models.text import TextModel, model_kwargs
+
+# What a model may hold beyond its weights file (buffers the file does not carry: position ids, rotary tables):
+# the file's own bytes again plus this much. Anything larger is a config claiming shapes the file cannot back.
+SLACK_BYTES = 64 << 20
+
+
+def weights_header(file: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Each tensor's (shape, is floating point) from a safetensors file's header, reading no tensor data."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), _floating(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except Exception as e:  # safetensors' own error type for a header it cannot parse, OSError for the rest
+        raise ValueError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+
+
+def _floating(dtype: str) -> bool:
+    return dtype.upper().startswith(("F", "BF"))
+
+
+def check_against(model: nn.Module, header: dict[str, tuple[tuple[int, ...], bool]], file: Path) -> None:
+    """Raise unless ``model`` (on the meta device) has exactly the file's tensors, and no more memory than the
+    file's size allows for the buffers a file does not carry."""
+    state = model.state_dict()
+    missing, unexpected = sorted(set(state) - set(header)), sorted(set(header) - set(state))
+    if missing or unexpected:
+        raise ValueError(f"{file}: weights do not match the model its config describes "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for name, t in state.items():
+        shape, floating = header[name]
+        if tuple(t.shape) != shape or t.is_floating_point() != floating:
+            raise ValueError(f"{file}: {name} is {list(shape)} in the file, {list(t.shape)} in the model its "
+                             "config describes")
+    need = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if need > 2 * file.stat().st_size + SLACK_BYTES:
+        raise ValueError(f"{file}: the model its config describes needs {need / 2**20:.0f} MiB, more than its "
+                         f"{file.stat().st_size / 2**20:.1f} MiB weights file can fill")
+
+
+def _checked_build(build: Callable[[], nn.Module], file: Path) -> nn.Module:
+    """``build()`` on the meta device, checked against the file, then built for real."""
+    header = weights_header(file)
+    with torch.device("meta"):
+        check_against(build(), header, file)
+    return build()
 
 
 def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module]:
@@ -24,15 +78,17 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
     if len(labels) != cfg.num_classes:
         raise ValueError(f"{path}: {len(labels)} labels {labels}, but the {cfg.dataset} model has "
                          f"{cfg.num_classes} outputs")
+    file = path / WEIGHTS
     if cfg.stage == "text":
         enc = path / "text_encoder"
-        model_config = AutoConfig.from_pretrained(enc)
+        model_config, tokenizer = load_config(enc), load_tokenizer(enc)
         kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
-        encoder = AutoModel.from_config(model_config, **kwargs)  # plain: LoRA was merged at export
-        model: nn.Module = TextModel(encoder, AutoTokenizer.from_pretrained(enc), cfg.text, labels)
+
+        def build() -> nn.Module:  # plain: LoRA was merged at export
+            return TextModel(build_encoder(model_config, **kwargs), tokenizer, cfg.text, labels)
     else:
-        model = build_model(cfg.stage, cfg, len(labels))
-    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        def build() -> nn.Module:
+            return build_model(cfg.stage, cfg, len(labels))
+    model = _checked_build(build, file)
+    model.load_state_dict(load_file(str(file)), strict=True)
     return cfg, model.to(device).eval()

@@ -65,7 +65,9 @@ class AudioExtractor(nn.Module):
     def __init__(self, config: AudioConfig | None = None):
         super().__init__()
         self.config = c = config or AudioConfig()
-        with warnings.catch_warnings():
+        # on the CPU even inside a meta-device build (an export is checked against its weights that way first):
+        # torchaudio computes the mel filters as it builds them, and looks at their values
+        with warnings.catch_warnings(), torch.device("cpu"):
             # 128 mels over a 400-point FFT leave the lowest filters empty; the paper's settings, kept.
             warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
             self.mel = torchaudio.transforms.MelSpectrogram(

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from m2fdist.models.device import device_of
+from m2fdist.models.pretrained import load_config, load_encoder, load_tokenizer
 from m2fdist.models.text_config import POOLINGS, TextConfig, Turn, peft_config
 from m2fdist.models.text_inputs import TextBatcher
 
@@ -117,12 +118,9 @@ class TextModel(nn.Module):
     @classmethod
     def from_pretrained(cls, config: TextConfig, labels: Sequence[str] = (), **kwargs: Any) -> TextModel:
         """The pretrained model, ready to fine-tune as ``config.finetune`` says."""
-        # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
-        kwargs = {**model_kwargs(config, AutoConfig.from_pretrained(config.model)), **kwargs}
-        model = cls(AutoModel.from_pretrained(config.model, **kwargs), tokenizer, config, labels)
+        tokenizer = load_tokenizer(config.model)
+        kwargs = {**model_kwargs(config, load_config(config.model)), **kwargs}
+        model = cls(load_encoder(config.model, **kwargs), tokenizer, config, labels)
         model.prepare_finetune()
         return model
 

@@ -19,7 +19,9 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
     A pipeline with a fusion stage ships text, audio, visual and fusion; a text-only pipeline ships text alone
     (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is generated
     from the exports' configs and, when the pipeline's ``report.json`` exists, its scores; call this again
-    after the report to refresh the card. Parts are copied whole, then the card and config are written last.
+    after the report to refresh the card. The bundle is written whole into a temporary folder beside ``out``
+    and then replaces it at once: nothing of an earlier bundle (an earlier run's audio, visual or fusion part)
+    survives in it, and a reader never sees a half-written one.
     """
     runs = Path(runs)
     out = Path(out or runs / "model")
@@ -28,8 +30,20 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
     missing = [p for p in parts if not is_export(runs / p / "export")]
     if missing:
         raise FileNotFoundError(f"{runs}: no export of {', '.join(missing)} (m2fdist export {runs}/STAGE)")
+    tmp = atomic.temp_dir_for(out)
+    try:
+        _fill(runs, tmp, parts, fused)
+        atomic.publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fill(runs: Path, out: Path, parts: tuple[str, ...], fused: bool) -> None:
+    """The bundle's parts, card and config, into the (empty) folder ``out``."""
     for part in parts:
-        shutil.copytree(runs / part / "export", out / part, dirs_exist_ok=True)
+        shutil.copytree(runs / part / "export", out / part)
     metas = {p: read_meta(out / p) for p in parts}
     main_meta = metas["fusion" if fused else "text"]
     config = {"format": "m2fdist-bundle", "m2fdist": __version__, "dataset": main_meta["run"]["dataset"],
@@ -38,4 +52,3 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     atomic.write_text(out / "README.md", model_card(config, metas, report))
     atomic.write_json(out / CONFIG, config)
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import resource
 import shutil
 import tarfile
 from pathlib import Path
@@ -16,10 +17,12 @@ from launching import deepspeed, fusion_args
 from PIL import Image
 
 from m2fdist.cli import main as cli
+from m2fdist.common.media import encode_utterance
 from m2fdist.config.errors import ConfigError
 from m2fdist.inference.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig, seed_plan
 from m2fdist.pipeline import load as load_pipeline
+from m2fdist.raw.base import make_key
 from m2fdist.results.report import aggregate, seeds_markdown, write_report
 
 
@@ -173,7 +176,7 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     assert [r["skipped"] for r in corrupt] == ["moov atom not found"]
     # audio is read up to the audio model's 2 s, as in training; the minutes-long planted clip says so
     long = [r for r in rows if (r["dialog"], r["utt"]) == ("220", "0")]
-    assert long and long[0]["note"].startswith("audio: used the first 2 s of")
+    assert long and "audio: used the first 2 s of" in long[0]["note"]
     assert "clip missing" in out.err
     csv_path = tmp_path / "pred.csv"
     assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(root), "--format", "csv",
@@ -199,6 +202,55 @@ def test_predict(pipeline_runs, meld_raw, tmp_path, capsys):
     broken = [r for r in rows if r["dialog"] == dialog and r["utt"] == "1"]
     assert len(broken) == 1 and broken[0]["emotion"] is None and broken[0]["skipped"]
     assert [r for r in rows if r["dialog"] == dialog and r["emotion"] is not None]
+
+
+@pytest.mark.launch
+def test_predict_on_the_raw_tree_gives_the_reports_predictions(pipeline_runs, features, meld_raw, tmp_path, capsys):
+    """One preprocessing path: predict prepares each raw clip as packing did (the bundle carries the packing
+    options), so over the raw tree of a packed corpus it predicts what `m2fdist eval` and the report scored."""
+    root, _ = meld_raw
+    model = str(pipeline_runs / "model")
+    scores = tmp_path / "eval.json"
+    assert cli(["eval", "--model", model, "--shards", str(features), "--split", "test", "--out", str(scores)]) == 0
+    capsys.readouterr()
+    scored = {r["key"]: r for r in json.loads(scores.read_text())["predictions"]}
+    assert json.loads((pipeline_runs / "model" / "visual" / "config.json").read_text())["packing"]["max_side"] > 0
+    assert cli(["predict", "--model", model, "--root", str(root), "--no-progress"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["split"] == "test" and r["emotion"]]
+    by_dialog: dict[str, list[dict]] = {}
+    for r in rows:
+        r["key"] = make_key("meld", "test", f"d{int(r['dialog']):04d}", f"u{int(r['utt']):02d}")
+        by_dialog.setdefault(r["dialog"], []).append(r)
+    # dialogs whose every utterance was packed and predicted (a clip packing skipped changes its dialog's context)
+    whole = [d for d in by_dialog.values() if {r["key"] for r in d} == {k for k in scored if k.rsplit("_", 1)[0]
+                                                                       == d[0]["key"].rsplit("_", 1)[0]}]
+    compared = [r for d in whole for r in d]
+    assert len(compared) > 20
+    labels = json.loads((pipeline_runs / "model" / "config.json").read_text())["labels"]
+    for r in compared:
+        assert r["emotion"] == labels[scored[r["key"]]["pred"]], r["key"]
+        np.testing.assert_allclose([r["probs"][n] for n in labels], scored[r["key"]]["probs"], atol=2e-4)
+
+
+@pytest.mark.launch
+def test_a_huge_clip_costs_what_a_packed_one_costs(pipeline_runs, meld_raw, tmp_path, capsys):
+    """A 0.3 s clip of 4096 x 4096 (what a review fed predict at 8192: 6.5 GB in MTCNN, then an allocator
+    traceback and no rows at all): prepared as packing prepares clips, its frames reach the models at the
+    packed size, and it is predicted beside an ordinary one."""
+    root, _ = meld_raw
+    huge = tmp_path / "huge.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=4096x4096:rate=10", "-f", "lavfi", "-i", "sine=frequency=440",
+            "-t", "0.3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(huge))
+    clip = sorted((root / "output_repeated_splits_test").glob("dia*_utt0.mp4"))[0]
+    (tmp_path / "m.csv").write_text(f"dialog,utt,speaker,text,video\nd,0,A,look at this,{huge}\n"
+                                    f"d,1,B,oh my,{clip}\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert cli(["predict", "--model", str(pipeline_runs / "model"), "--manifest", str(tmp_path / "m.csv"),
+                "--no-progress"]) == 0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["emotion"] is not None for r in rows] == [True, True], rows
+    assert grown_mb < 400, grown_mb  # 15 frames of 4096 x 4096 alone are 755 MB
 
 
 @pytest.mark.launch
@@ -311,7 +363,7 @@ def _ffmpeg(*args: str) -> None:
 
 def _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys) -> tuple[dict, str, list[dict]]:
     """MELD-layout predictions, and one fully predicted test dialog re-laid out unlike MELD: nested folders, an
-    mp4 by absolute path, and a silent video + wav pair (the wav cut from the clip as the reader would decode it)."""
+    mp4 by absolute path, and a silent video + wav pair (the wav cut from the clip as packing would decode it)."""
     root, _ = meld_raw
     assert cli(["predict", "--model", str(pipeline_runs / "model"), "--root", str(root), "--no-progress"]) == 0
     meld_rows = json.loads(capsys.readouterr().out)
@@ -332,8 +384,9 @@ def _manifest_layout(pipeline_runs, meld_raw, tmp_path, capsys) -> tuple[dict, s
             (media / "silent").mkdir(parents=True, exist_ok=True)
             (media / "sound" / "x").mkdir(parents=True, exist_ok=True)
             _ffmpeg("-i", str(clip), "-an", "-c:v", "copy", str(media / "silent" / f"{i}.mp4"))
-            _ffmpeg("-i", str(clip), "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-bitexact",
-                    str(media / "sound" / "x" / f"{i}.wav"))
+            # the sound as packing decodes a clip's own track (in the one ffmpeg pass that re-encodes the clip)
+            encode_utterance(clip, tmp_path / "packed.mp4", media / "sound" / "x" / f"{i}.wav", max_side=128,
+                             max_seconds=20)
             row.update(video=f"../media/silent/{i}.mp4", audio=f"../media/sound/x/{i}.wav")
         else:
             target = media / "deep" / f"n{i}" / "clip.mp4"
