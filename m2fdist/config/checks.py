@@ -14,6 +14,7 @@ from typing import Any
 from m2fdist.common.labels import LABELS
 from m2fdist.common.modalities import BY_LETTER, MODALITIES, NAMES, STAGES
 from m2fdist.common.paths import looks_local
+from m2fdist.common.stop_signals import SIGNALS
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import PRECISIONS, ExtractConfig, RunConfig
 from m2fdist.format.exports import read_meta
@@ -91,6 +92,11 @@ def check_values(cfg: RunConfig) -> None:
     for name in ("batch_size", "num_frames"):
         if getattr(cfg.data, name) < 1:
             raise ConfigError(f"data.{name} must be >= 1")
+    unknown = [s for s in cfg.train.stop_signals if s not in SIGNALS]
+    if unknown:
+        raise ConfigError(f"train.stop_signals: {unknown} not among {', '.join(SIGNALS)}")
+    if cfg.train.requeue not in ("auto", "never"):
+        raise ConfigError(f"train.requeue must be auto or never, not {cfg.train.requeue!r}")
     check_ranges(cfg)
     _check_loss(cfg)
 

@@ -68,6 +68,10 @@ class TrainConfig:
     # labels (from index.json), or a list of one weight per class; focal_gamma > 0 adds the focal term.
     class_weights: Any = "none"
     focal_gamma: float = 0.0  # > 0 adds the focal term (1 - p)^gamma to the classification loss
+    # Signals on which the run saves a checkpoint at the next step and exits with code 75 (resume=auto goes on
+    # from there): SLURM sends SIGTERM at scancel, time limit and preemption, and what --signal names before.
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    requeue: str = "auto"  # auto: under SLURM, rank 0 requeues the job when a signal stops it; never: it does not
 
 
 # triplet.recipe → (weights of L_AMT, L_Cov, L_Var; weight of the cross-entropy head)

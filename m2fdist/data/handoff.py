@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from m2fdist.common.stop_signals import ignore_stop_signals
+
 ALIGN = 64  # bytes: each tensor in a slot starts on a cache line
 TAG = "_handoff"  # batch key the worker adds: (worker, slot, keys of the tensors living in the slot)
 
@@ -133,6 +135,7 @@ class _Install:
     def __call__(self, worker_id: int) -> None:
         global _current
         _current = self.handoff
+        ignore_stop_signals()
 
 
 def _tag(batch: Any) -> Any:

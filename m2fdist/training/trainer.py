@@ -28,7 +28,7 @@ from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
 from m2fdist.models.device import dtype_of
 from m2fdist.runtime.precision import Precision
-from m2fdist.training import checkpoint
+from m2fdist.training import checkpoint, preemption
 from m2fdist.training.stages import STAGE_TYPES
 from m2fdist.training.tracking import Tracker
 
@@ -105,6 +105,11 @@ class Trainer:
         self.stage = STAGE_TYPES[cfg.stage](cfg)
         self.state = State()
         self.last_saved = -1
+        # the signals are caught from the start: one during set-up (loading, the first batches) is acted on at
+        # the first step
+        self.stop = preemption.StopRequest()
+        self.stop.install(cfg.train.stop_signals)
+        self.stop.watch_launcher()
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -197,7 +202,7 @@ class Trainer:
                 if st.batch % self.accum:
                     continue
                 st.step += 1
-                self._check_finite(losses)
+                stopping = self._agree(losses)
                 self.progress.update()
                 if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
                     self._log_train(losses, samples, time.time() - t0)
@@ -206,6 +211,8 @@ class Trainer:
                     self._evaluate_and_keep_best()
                 if cfg.train.save_every and st.step % cfg.train.save_every == 0:
                     self._save()
+                if stopping:
+                    return self._stop_here()
                 if kill_at and st.step == kill_at and self.rank == 0:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if st.step >= self.total or st.batch >= self.steps_per_epoch * self.accum:
@@ -242,24 +249,46 @@ class Trainer:
                        "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             atomic.write_json(self.out / "final.json", summary)
 
-    def _check_finite(self, losses: list[float]) -> None:
-        """Stop the run, on every rank at the same step, when this step's loss or gradient norm is not finite.
+    def _agree(self, losses: list[float]) -> bool:
+        """After each optimizer step, one all-reduce tells every rank whether any rank's loss or gradient norm
+        is not finite (every rank raises :class:`NonFiniteTraining`) and whether any rank was asked to stop
+        (returns True: every rank saves this step and stops together).
 
         A diverged model must never be evaluated, saved or marked best: argmax of NaN logits is class 0, the
         majority class, whose scores look plausible. (Lightning's ``EarlyStopping(check_finite=True)`` and
-        Composer's NaNMonitor stop too.) The flag is all-reduced, so every rank raises at the same step and none
-        is left waiting in a collective; the last checkpoint on disk is from before the divergence.
+        Composer's NaNMonitor stop too.) Because the flags are all-reduced, every rank acts at the same step and
+        none is left waiting in a collective; after a divergence the last checkpoint on disk is from before it.
         """
         norm = self.engine.get_global_grad_norm()
         bad = not all(math.isfinite(x) for x in losses) or (norm is not None and not math.isfinite(float(norm)))
-        flag = torch.tensor([float(bad)], dtype=torch.float64)
+        flag = torch.tensor([float(bad), float(self.stop.requested)], dtype=torch.float64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
+        if flag[0].item():
             latest = checkpoint.read_pointer(self.ckpt_dir, "latest")
             raise NonFiniteTraining(
                 f"step {self.state.step}: the loss ({losses[-1] if losses else None}) or the gradient norm ({norm}) "
                 f"is not finite on some rank; nothing of this step was evaluated or saved (last checkpoint: "
                 f"{latest or 'none'}). Lower train.lr / train.encoder_lr, keep train.clip > 0, or try precision=fp32")
+        return bool(flag[1].item())
+
+    def _stop_here(self) -> int:
+        """Save this step (the signal's step: nothing trained is lost), requeue under SLURM, and stop.
+
+        No evaluation: the time between SLURM's signal and its SIGKILL is for saving. A signal that reached
+        another rank only is named by that rank; this one says what it does.
+        """
+        self.progress.close()
+        self._save()
+        tag = checkpoint.tag_for(self.state.step)
+        if self.rank == 0:
+            said = self.stop.reason or "another rank was asked to stop"
+            requeued = preemption.requeue(self.cfg.train.requeue)
+            print(f"{self.cfg.stage}: {said}; saved {self.ckpt_dir / tag} at step {self.state.step} of "
+                  f"{self.total}" + (f"; {requeued}" if requeued else "") + f"; resume=auto continues from there "
+                  f"(exit {preemption.EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        self.tracker.finish()
+        dist.barrier()
+        return preemption.EXIT_PREEMPTED
 
     def _log_train(self, losses: list[float], samples: int, seconds: float) -> None:
         stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)

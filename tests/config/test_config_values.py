@@ -19,6 +19,8 @@ from m2fdist.config.load import load_config
     ("train.lr=nan", "train.lr must be a finite number, not nan"),
     ("train.encoder_lr=inf", "train.encoder_lr must be a finite number, not inf"),
     ("train.clip=-inf", "train.clip must be a finite number"),
+    ("train.stop_signals=[SIGTERM,SIGKILL]", r"train.stop_signals: \['SIGKILL'\] not among SIGTERM"),
+    ("train.requeue=always", "train.requeue must be auto or never"),
 ])
 def test_nonsense_values_are_refused_before_launch(meld_shards, override, message):
     with pytest.raises(ConfigError, match=message):
