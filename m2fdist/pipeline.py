@@ -29,6 +29,7 @@ from m2fdist.common.modalities import PACKED as MODALITIES
 from m2fdist.common.progress import TAGS
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.load import merge
+from m2fdist.config.trial import SWEEP_ENV
 from m2fdist.data.texts import shard_texts
 from m2fdist.format.exports import is_export
 from m2fdist.inference.export import export
@@ -103,7 +104,9 @@ class Pipeline:
         self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
         self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
-        self.env = dict(os.environ)
+        # the stages are steps of one run, not sweep trials: each trains into the folder the pipeline names
+        # (m2fdist.config.trial would nest it under the agent's ids, where the pipeline's next step never looks)
+        self.env = {k: v for k, v in os.environ.items() if k != SWEEP_ENV}
         self.env.setdefault("PYTHONUNBUFFERED", "1")  # stage lines reach the console as they are written
         if resolve_device("auto") == "cpu":  # no GPU here: the launches run on DeepSpeed's CPU accelerator
             self.env.setdefault("DS_ACCELERATOR", "cpu")

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from filesystems import tmpfs
 from launching import common, concurrently, deepspeed
 
 from m2fdist.data.texts import shard_texts
@@ -39,6 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
            if len(m := {mark.name for mark in item.iter_markers()} & set(MARKERS)) != 1]
     if bad:
         raise pytest.UsageError("every test is marked exactly one of unit / launch:\n  " + "\n  ".join(bad))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size)``: a fresh tmpfs of that size under tmp_path; every one is unmounted at teardown, even when
+    the test fails."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield lambda size, name="fs": stack.enter_context(tmpfs(tmp_path / name, size))
 
 
 SMALL = (160, 96)

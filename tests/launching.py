@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from m2fdist.runtime.process import free_port
 
@@ -120,3 +121,28 @@ def fusion_args(work: dict, features: Path, out: Path, *extra: str) -> list[str]
 
 def common(work: dict, out: Path) -> list[str]:
     return [f"data.shards={work['shards']}", f"output_dir={out}", f"text.model={work['roberta']}"]
+
+
+def sweep_command(spec: dict, params: dict) -> list[str]:
+    """The argv a W&B agent runs for these sampled parameters (wandb's own helpers, as in wandb_agent)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update({"interpreter": ["python"], "program": [spec["program"]], "env": ["/usr/bin/env"]})
+    argv = []
+    for c in create_sweep_command(list(spec["command"])):
+        c = str(c)
+        argv += sweep_vars.get(c[2:-1], []) if c.startswith("${") and c.endswith("}") else [c]
+    return argv
+
+
+SWEEPS = ("meld_fusion", "iemocap_fusion", "meld_audio")
+
+
+def sweep_sample(name: str, pick: int = 0) -> tuple[list[str], dict]:
+    """The sweep's command for one sample of its parameters: value ``pick`` of each list (wrapping round), or
+    the range's lower end (pick 0) or upper end (any other pick)."""
+    spec = yaml.safe_load((ROOT / "configs" / "sweeps" / f"{name}.yaml").read_text())
+    params = {key: p["values"][pick % len(p["values"])] if "values" in p else p["max" if pick else "min"]
+              for key, p in spec["parameters"].items()}
+    return sweep_command(spec, params), params

@@ -7,7 +7,9 @@ One error policy for every command (:func:`run_command`):
 - wrong input (a missing file, a bad value, an untrusted shard): ``m2fdist CMD: error: ...`` on one line
   (``config error:`` for a configuration's), exit code 2, as argparse's own usage errors;
 - started work that failed (:class:`~m2fdist.common.errors.RunFailed`: a pack worker died, a stage's launch
-  failed, a rank's training raised): ``m2fdist CMD: failed: ...``, the traceback of its cause, exit code 1.
+  failed, a rank's training raised): ``m2fdist CMD: failed: ...``, the traceback of its cause, exit code 1;
+- a full disk (:class:`~m2fdist.common.atomic.NoSpaceLeft`: a pack or an export ran out of space):
+  ``m2fdist CMD: failed: no space left on device writing ...`` on one line, exit code 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from types import ModuleType
 
+from m2fdist.common.atomic import NoSpaceLeft
 from m2fdist.common.errors import RunFailed
 from m2fdist.config.errors import ConfigError
 from m2fdist.format.source import ShardError
@@ -71,6 +74,9 @@ def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argpa
         print(f"m2fdist {name}: failed: {e}", file=sys.stderr)
         if e.__cause__ is not None:
             traceback.print_exception(e.__cause__, file=sys.stderr)
+        return 1
+    except NoSpaceLeft as e:  # says all there is to say: the path and the space left; no traceback
+        print(f"m2fdist {name}: failed: {e}", file=sys.stderr)
         return 1
     except ConfigError as e:
         print(f"m2fdist {name}: config error: {e}", file=sys.stderr)

@@ -5,17 +5,106 @@ export) must never be seen half-written, and two writers (two ``pack --part`` pr
 share a temporary file. So every write goes to a temporary name unique to the writing process, is fsynced,
 renamed over the target, and the folder is fsynced, so that a power loss leaves the old file or the new one,
 never an empty pointer.
+
+A full disk is reported the same way wherever it strikes (:func:`guard_space`): an error that says "no space
+left" and names the path, with the partial output removed. torch's writer never says so itself (a full disk
+during ``torch.save`` is ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`` or
+``basic_ios::clear: iostream error``, errno lost), so the filesystem's free space decides.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# Below this many free bytes a write that failed without an errno (torch's C++ writer) failed for lack of space:
+# a write that runs out fills the filesystem to its last block before it fails.
+FULL_BELOW = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceLeft(OSError):
+    """A write ran out of disk space (or quota). An ``OSError`` with errno ENOSPC, so callers that handle
+    ``OSError`` still do; its message names the path, what was being written and the space left."""
+
+    def __init__(self, path: str | Path, what: str, cause: BaseException):
+        free = free_bytes(path)
+        left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        said = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
+        super().__init__(errno.ENOSPC, f"no space left on device writing {what} to {path} ({left}; the writer "
+                         f"said: {said}): free space there, then run again", str(path))
+
+    def __str__(self) -> str:  # the message alone (OSError's own adds "[Errno 28]" and repeats the path)
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:  # a pack worker's error crosses to the parent whole
+        return _no_space_as_said, (str(self.strerror), str(self.filename))
+
+
+def _no_space_as_said(message: str, path: str) -> NoSpaceLeft:
+    e = NoSpaceLeft.__new__(NoSpaceLeft)
+    OSError.__init__(e, errno.ENOSPC, message, path)
+    return e
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path`` (its nearest existing
+    ancestor), or None when it cannot be asked."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_no_space(exc: BaseException, path: str | Path) -> bool:
+    """Whether ``exc``, raised writing under ``path``, means the disk (or quota) is full: ENOSPC / EDQUOT
+    anywhere in its chain, or a write error without an errno on a filesystem with under :data:`FULL_BELOW` free."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    if not isinstance(exc, Exception) or isinstance(exc, OSError) and exc.errno is not None:
+        return False  # an interrupt, or an OSError that says what it is (EIO, EACCES, ...)
+    free = free_bytes(path)
+    return free is not None and free < FULL_BELOW
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def guard_space(path: str | Path, what: str, partial: Iterable[str | Path] = ()) -> Iterator[None]:
+    """Write ``what`` under ``path`` inside this block: if it raises, the ``partial`` outputs are removed, and a
+    full disk comes out as :class:`NoSpaceLeft` naming ``path`` (the free space is read before the removal)."""
+    try:
+        yield
+    except BaseException as e:
+        full = not isinstance(e, NoSpaceLeft) and is_no_space(e, path)
+        error = NoSpaceLeft(path, what, e) if full else None
+        for p in partial:
+            _remove(Path(p))
+        if error is not None:
+            raise error from e
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -36,15 +125,12 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with guard_space(path, path.name, partial=[tmp]):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
     return path
 

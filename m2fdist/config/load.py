@@ -7,6 +7,7 @@ that holds neither its shards nor its models; the checks against the data are :m
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from m2fdist.config.checks import check_data, check_extract_data, check_extract_values, check_values
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import ExtractConfig, RunConfig
+from m2fdist.config.trial import trial_output_dir
 
 
 def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[str, ...],
@@ -91,9 +93,11 @@ def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, s
 def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A training stage's config as written (YAML ← overrides), its values checked, nothing on disk read.
 
-    What ``--print-config`` shows; :func:`load_config` adds the checks against the data.
+    What ``--print-config`` shows; :func:`load_config` adds the checks against the data. Under a W&B sweep
+    agent, ``output_dir`` becomes the trial's own folder (:mod:`m2fdist.config.trial`).
     """
     cfg: RunConfig = merge(RunConfig, path, overrides)
+    cfg.output_dir = trial_output_dir(cfg.output_dir, os.environ)
     cfg.text.num_classes = cfg.fusion.num_classes = cfg.num_classes  # the model configs follow the dataset
     check_values(cfg)
     return cfg

@@ -10,7 +10,6 @@ fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inferen
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,8 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     """Write ``out`` (default run_dir/export): model.safetensors, config.json and, for text, the encoder.
 
     The folder is built under a temporary name and renamed into place when complete, so an interrupted
-    export leaves the previous export (or none), never a weights file without its config.
+    export leaves the previous export (or none), never a weights file without its config; a full disk is
+    :class:`~m2fdist.common.atomic.NoSpaceLeft` naming ``out``, the temporary folder removed.
     """
 
     run_dir = Path(run_dir)
@@ -91,16 +91,13 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
         meta["text_weights"] = f"{kind} merged into the base weights"
     out = Path(out or run_dir / "export")
     tmp = atomic.temp_dir_for(out)
-    try:
+    with atomic.guard_space(out, f"the export of {tag}", partial=[tmp]):  # a full disk: the old export stays
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if cfg.stage == "text":
             load_config(cfg.text.model).save_pretrained(tmp / "text_encoder")
             load_tokenizer(cfg.text.model).save_pretrained(tmp / "text_encoder")
         atomic.publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

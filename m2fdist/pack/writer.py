@@ -107,7 +107,8 @@ def write_shard(plan: ShardPlan, out: Path, root: Path, options: PackOptions,
     keys: list[str] = []
     labels: Counter[str] = Counter()
     dialogs: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="m2fdist-pack-") as work, open(tmp_path, "wb") as f:
+    with (atomic.guard_space(tar_path, f"shard {plan.name}", partial=[tmp_path]),
+          tempfile.TemporaryDirectory(prefix="m2fdist-pack-") as work, open(tmp_path, "wb") as f):
         tar = open_tar(f)
         mp4, wav = Path(work) / "clip.mp4", Path(work) / "clip.wav"
         for u in plan.utterances:

@@ -85,20 +85,79 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], k
     ``frozen_source``: where the model's frozen parameters come from when it is rebuilt (a LoRA run's base
     model). They are then left out of the checkpoint (an 8B base is 16 GB per save otherwise); the metadata
     names the source, and resume and export read them back from it.
+
+    A write that fails on any rank (a full disk above all) fails the save on every rank alike, after
+    DeepSpeed's own collectives, so no rank waits in one: the partial tag is removed, ``latest`` and the earlier
+    tags stay as they were, and a full disk is :class:`~m2fdist.common.atomic.NoSpaceLeft` naming the tag.
     """
     tag = tag_for(step)
     client_state = {**client_state, "rng": gather_rng()}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=frozen_source is not None)
+    guarded = _GuardedWrites(engine.checkpoint_engine)
+    engine.checkpoint_engine = guarded
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=frozen_source is not None)
+    finally:
+        engine.checkpoint_engine = guarded.inner
     dist.barrier()
+    error = guarded.error
+    if error is None and dist.get_rank() == 0:
+        try:
+            meta = {"step": step, "world_size": dist.get_world_size(), "tag": tag,
+                    "config": client_state.get("config"), "frozen_source": frozen_source}
+            atomic.write_json(Path(ckpt_dir) / tag / META, meta)
+            atomic.write_text(Path(ckpt_dir) / "latest", tag)
+        except Exception as e:  # noqa: BLE001 (every rank raises it below, together)
+            error = e
+    _agree_saved(Path(ckpt_dir) / tag, error)
     if dist.get_rank() == 0:
-        meta = {"step": step, "world_size": dist.get_world_size(), "tag": tag,
-                "config": client_state.get("config"), "frozen_source": frozen_source}
-        atomic.write_json(Path(ckpt_dir) / tag / META, meta)
-        atomic.write_text(Path(ckpt_dir) / "latest", tag)
         prune(Path(ckpt_dir), keep_last, best_tag, tag)
     dist.barrier()
     return tag
+
+
+class _GuardedWrites:
+    """DeepSpeed's checkpoint engine with its writes held: a failed write is kept, not raised, and the rank
+    writes nothing more of this save, so it still joins the collectives left in ``save_checkpoint`` (its final
+    barrier) and the ranks then fail together. DeepSpeed 0.19 writes every file of a save through
+    ``engine.checkpoint_engine.save(state_dict, path)``; everything else is passed through."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.error = inner, None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def save(self, state_dict: Any, path: str) -> Any:
+        if self.error is not None:
+            return None
+        try:
+            return self.inner.save(state_dict, path)
+        except Exception as e:  # noqa: BLE001 (raised by save(), on every rank, once DeepSpeed is done)
+            self.error = e
+            return None
+
+
+def _agree_saved(tag_dir: Path, error: BaseException | None) -> None:
+    """Every rank learns whether any rank's part of the save failed; if one did, all raise the same error and
+    rank 0 removes the partial tag (after every rank has stopped writing)."""
+    full = error is not None and atomic.is_no_space(error, tag_dir)  # read before anything is removed
+    said = (str(error) or type(error).__name__) if error is not None else None
+    reports: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (full, said))
+    failed = [(r, f, m) for r, (f, m) in enumerate(reports) if m is not None]
+    if not failed:
+        return
+    rank, _, message = next((x for x in failed if x[1]), failed[0])
+    # this rank's own error, or the failed rank's message (the rank is named in `what`)
+    cause = error if error is not None and rank == dist.get_rank() else RuntimeError(message)
+    what = f"checkpoint {tag_dir.name} (rank {rank})"
+    raised = atomic.NoSpaceLeft(tag_dir, what, cause) if any(f for _, f, _ in failed) else RuntimeError(
+        f"saving {what} to {tag_dir} failed: {message}; the partial tag is removed, latest is unchanged")
+    if dist.get_rank() == 0:
+        shutil.rmtree(tag_dir, ignore_errors=True)
+    dist.barrier()
+    raise raised from cause
 
 
 def mark_best(ckpt_dir: Path, tag: str) -> None:

@@ -74,3 +74,22 @@ def release(output_dir: str | Path) -> None:
     if f is not None:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def check_same_folder(output_dir: str | Path) -> None:
+    """Once the process group is up: every rank of the launch trains into the folder rank 0 claimed.
+
+    Each rank resolves ``output_dir`` itself (a sweep trial's folder comes from its ``WANDB_*`` environment,
+    :mod:`m2fdist.config.trial`), and DeepSpeed's ssh/pdsh launcher passes no ``WANDB_*`` variable to the other
+    nodes: their ranks would write their checkpoint shards into another folder. Every rank sees every rank's
+    folder (one all-gather), so all of them stop together instead of some waiting in a collective.
+    """
+    import torch.distributed as dist  # here, not at the top: the claim runs before torch is needed
+
+    folders: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(folders, str(output_dir))
+    odd = {r: f for r, f in enumerate(folders) if f != folders[0]}
+    if odd:
+        raise ValueError(f"the ranks of this launch disagree on output_dir: rank 0 has {folders[0]}, "
+                         + ", ".join(f"rank {r} {f}" for r, f in sorted(odd.items()))
+                         + " (a sweep trial's WANDB_SWEEP_ID / WANDB_RUN_ID must reach every node)")

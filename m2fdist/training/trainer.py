@@ -28,7 +28,7 @@ from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
 from m2fdist.models.device import dtype_of
 from m2fdist.runtime.precision import Precision
-from m2fdist.training import checkpoint, preemption
+from m2fdist.training import checkpoint, preemption, runlock
 from m2fdist.training.stages import STAGE_TYPES
 from m2fdist.training.tracking import Tracker
 
@@ -117,6 +117,7 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
+        runlock.check_same_folder(cfg.output_dir)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self.stage.build_model()
         self.stage.prepare(model)

@@ -43,6 +43,19 @@ def test_killed_pack_worker_ends_the_pack_clearly_and_resumes(small_raw, tmp_pat
     assert sum(e["samples"] for e in index["splits"].values()) + len(index["skipped"]) >= 10
 
 
+@pytest.mark.unit
+def test_a_pack_onto_a_full_disk_says_so_and_leaves_no_partial_shard(small_raw, small_fs):
+    from m2fdist.common.atomic import NoSpaceLeft, stray_temporaries
+    from m2fdist.pack import PackOptions, pack
+
+    out = small_fs("160k")  # the plan fits, the shards do not
+    # the error crosses from the pack worker to here whole (it pickles as itself)
+    with pytest.raises(NoSpaceLeft, match=r"no space left on device writing shard \S+ to .*\.tar \("):
+        pack("meld", small_raw, out, workers=1, options=PackOptions(max_side=64), max_count=4, progress=False)
+    assert stray_temporaries(out) == [] and not list(out.glob("*.tar"))
+    assert not (out / "index.json").exists()
+
+
 def _clip_without_duration(path: Path, seconds: float) -> None:
     """Matroska written to a pipe: no Duration in its header, as some recorders and streams leave files."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",

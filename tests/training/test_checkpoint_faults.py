@@ -1,5 +1,6 @@
 """Faults around checkpoints and completion markers: a fresh run never lands on an earlier one, a resume says
-what changed, pointers must name tags, a killed export or a torn marker leaves what was finished whole."""
+what changed, pointers must name tags, a killed export or a torn marker leaves what was finished whole, a full
+disk during a save or an export says so and leaves the previous checkpoint, ``latest`` and export whole."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from launching import BIN, ENV, ROOT
+from filesystems import fill
+from launching import BIN, ENV, ROOT, deepspeed, log_tail
 
 from m2fdist.common import atomic
 from m2fdist.config.load import load_config
@@ -182,3 +184,33 @@ def test_killed_export_leaves_the_previous_one_whole(text_run, tmp_path):
                        (text_run / "checkpoints" / "latest").read_text())
         if tag == json.loads((text_run / "final.json").read_text())["best_tag"]:
             assert (out / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.launch
+def test_a_full_disk_during_a_save_or_an_export_says_so_and_keeps_the_last_whole(tiny_features, small_fs, tmp_path):
+    from m2fdist.inference.export import export
+
+    # one fp32 save of the tiny fusion stage on 2 ranks is ~0.9 MB: the first fits, the second does not
+    out, log = small_fs("1300k", "run_fs") / "run", tmp_path / "run.log"
+    rc = deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
+                   [f"data.shards={tiny_features}", f"output_dir={out}", "data.batch_size=1", "train.max_steps=4",
+                    "train.save_every=1", "data.eval_splits=[dev]", "wandb.mode=disabled", "precision=fp32"],
+                   log, check=False)
+    text, ckpt = log.read_text(errors="replace"), out / "checkpoints"
+    assert rc == 1, log_tail(log)
+    said = "no space left on device writing checkpoint step00000002 (rank "
+    assert text.count(said) >= 2 and f"to {ckpt / 'step00000002'} (" in text, log_tail(log)  # each rank said it
+    assert checkpoint.read_pointer(ckpt, "latest") == "step00000001"
+    assert checkpoint.complete_tags(ckpt) == ["step00000001"] and not (ckpt / "step00000002").exists()
+    assert not (out / "final.json").exists()
+
+    # the checkpoint left is whole: it exports; an export onto a full disk then leaves that export as it was
+    fs = small_fs("512k", "export_fs")
+    first = export(out, "latest", fs / "export")
+    before = {p.name: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    fill(fs)
+    with pytest.raises(atomic.NoSpaceLeft, match=f"no space left on device writing the export of step00000001 "
+                                                 f"to {fs / 'export'} "):
+        export(out, "latest", fs / "export")
+    assert {p.name: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+    assert atomic.stray_temporaries(fs) == []

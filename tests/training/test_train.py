@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from launching import (
     BIN,
     ENV,
     LAUNCH_TIMEOUT,
     ROOT,
+    SWEEPS,
     assert_loss_falls,
     common,
     concurrently,
@@ -33,6 +33,7 @@ from launching import (
     records,
     run,
     stacks_of,
+    sweep_sample,
 )
 
 from m2fdist.config.errors import ConfigError
@@ -305,40 +306,17 @@ def _accelerate(work: dict, features: Path) -> tuple[int, Path]:
     return run(cmd, work["base"] / "accelerate.log", check=False), out
 
 
-def sweep_command(spec: dict, params: dict) -> list[str]:
-    """The argv a W&B agent runs for these sampled parameters (wandb's own helpers, as in wandb_agent)."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
-
-    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    sweep_vars.update({"interpreter": ["python"], "program": [spec["program"]], "env": ["/usr/bin/env"]})
-    argv = []
-    for c in create_sweep_command(list(spec["command"])):
-        c = str(c)
-        argv += sweep_vars.get(c[2:-1], []) if c.startswith("${") and c.endswith("}") else [c]
-    return argv
-
-
-SWEEPS = ("meld_fusion", "iemocap_fusion", "meld_audio")
-
-
-def sweep_sample(name: str) -> tuple[list[str], dict]:
-    """The sweep's command for one sample of its parameters: the first value, or the range's lower end."""
-    spec = yaml.safe_load((ROOT / "configs" / "sweeps" / f"{name}.yaml").read_text())
-    params = {key: p["values"][0] if "values" in p else p["min"] for key, p in spec["parameters"].items()}
-    return sweep_command(spec, params), params
-
-
 def _sweep(name: str, work: dict, features: Path) -> tuple[int, Path]:
     """The sweep's command, run for one step on the tiny setup: 2 CPU ranks, the tiny config and data."""
     argv, _ = sweep_sample(name)
     stage = "audio" if "audio" in name else "fusion"
-    argv[argv.index("--num_gpus") + 1] = "2"
     argv[argv.index("--config") + 1] = f"configs/tiny/{stage}.yaml"
     out = work["base"] / f"sweep_{name}"
     tiny = (fusion_args(work, features, out) if stage == "fusion" else
             [*common(work, out), "wandb.mode=disabled", "data.eval_splits=[dev]", "audio.seconds=1.0"])
+    # the command names no --num_gpus: on CPU DeepSpeed starts LOCAL_SIZE ranks (one per NUMA node without it)
     rc = run([*argv[:2], "--master_port", str(free_port()), *argv[2:], *tiny, "train.max_steps=1"],
-             work["base"] / f"sweep_{name}.log", check=False)
+             work["base"] / f"sweep_{name}.log", env={**ENV, "LOCAL_SIZE": "2"}, check=False)
     return rc, out
 
 
