@@ -19,6 +19,7 @@ from m2fdist.common.modalities import STAGES
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 BUNDLE_PARTS = STAGES  # a bundle holds one export per trained stage, under the stage's name
+MAX_JSON_BYTES = 16 << 20  # an export's or a bundle's config.json; real ones are a few kB
 
 
 def is_export(path: Path) -> bool:
@@ -34,13 +35,36 @@ def read_meta(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not is_export(path):
         raise FileNotFoundError(f"{path / WEIGHTS} not found: run `m2fdist export` first")
-    try:
-        meta = json.loads((path / CONFIG).read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{path / CONFIG}: missing or not JSON") from None
+    if not (path / CONFIG).is_file():
+        raise ValueError(f"{path / CONFIG}: missing (an export holds its config beside its weights)")
+    meta = read_json(path / CONFIG)
     if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict):
         raise ValueError(f"{path / CONFIG}: not an export's config (no run config in it)")
     return meta
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
+    """A config file of an export or a bundle, parsed; ValueError naming the file for anything that is not JSON.
+
+    Bundles come from other people and the Hub: a file past ``limit`` bytes, one that is not UTF-8, broken
+    JSON and JSON nested deeper than the parser's recursion are each a one-line error, not a traceback.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"{path}: {size:,} bytes, too large for a config file (at most {limit:,})")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text, so not JSON") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a JSON file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be a config") from None
 
 
 def labels_of(meta: dict[str, Any]) -> list[str]:
