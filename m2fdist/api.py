@@ -31,7 +31,16 @@ from m2fdist import __version__
 from m2fdist.common import atomic
 from m2fdist.common.paths import looks_local
 from m2fdist.faces.faceset import FaceSet, FaceSettings
-from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, WEIGHTS, bundle_parts, is_export, labels_of, read_meta
+from m2fdist.format.exports import (
+    BUNDLE_PARTS,
+    CONFIG,
+    WEIGHTS,
+    bundle_parts,
+    is_export,
+    labels_of,
+    read_json,
+    read_meta,
+)
 from m2fdist.inference.load import load_exported
 from m2fdist.inference.predict import needs_of, predict_dialog, preparation
 from m2fdist.raw.base import Corpus, add_context
@@ -66,7 +75,17 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
         name = str(pretrained_model_name_or_path)
         if not Path(name).is_dir() and looks_local(name):
             raise FileNotFoundError(f"{name} is not a model folder (a bundle such as RUNS/model, or a Hub id)")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # huggingface_hub's mixin reads config.json first (json.load, then .items()): a local one is checked here,
+        # a downloaded one where the mixin fails, so that a broken one is one line naming it, not a traceback
+        local, own = Path(name).is_dir(), Path(name) / CONFIG
+        if local and own.is_file() and not isinstance(read_json(own), dict):
+            raise ValueError(f"{own}: not a bundle's config (a JSON object with its dataset, labels and parts)")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (json.JSONDecodeError, RecursionError):
+            if local:  # not the bundle's config.json, checked above
+                raise
+            raise ValueError(f"{name}: the Hub repository's {CONFIG} is not JSON") from None
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
@@ -100,9 +119,12 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
         metas = {p: read_meta(roots[p]) for p in exports}
         own = path / CONFIG if roots.get("text") != path else None
         model = cls(exports, metas, card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
-                    encoder_config=json.loads((roots["text"] / "text_encoder" / CONFIG).read_text()))
+                    encoder_config=read_json(roots["text"] / "text_encoder" / CONFIG))
         if own is not None and own.is_file():
-            said = json.loads(own.read_text()).get("labels")
+            bundle = read_json(own)
+            if not isinstance(bundle, dict):
+                raise ValueError(f"{own}: not a bundle's config (a JSON object with its dataset, labels and parts)")
+            said = bundle.get("labels")
             if said is not None and said != model.labels:
                 raise ValueError(f"{own}: labels {said} differ from the model's {model.labels}")
         return model

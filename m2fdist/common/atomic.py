@@ -10,6 +10,9 @@ A full disk is reported the same way wherever it strikes (:func:`guard_space`): 
 left" and names the path, with the partial output removed. torch's writer never says so itself (a full disk
 during ``torch.save`` is ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`` or
 ``basic_ios::clear: iostream error``, errno lost), so the filesystem's free space decides.
+What is published gets the permissions an ordinary file or folder would get under the process's umask (0666 /
+0777 less the umask), not the 0600 / 0700 of the temporaries ``tempfile`` makes: on a shared cluster folder a
+colleague in the group must be able to read ``index.json`` and list an export, as they read the tars.
 """
 
 from __future__ import annotations
@@ -120,6 +123,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc/self/status``); elsewhere
+    set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_file(fd: int) -> None:
+    """Give a temporary made by ``tempfile.mkstemp`` (0600) the mode ``open()`` would have given it."""
+    os.fchmod(fd, 0o666 & ~umask())
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (unique temporary file, fsync, rename, fsync of the folder)."""
     path = Path(path)
@@ -127,6 +149,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with guard_space(path, path.name, partial=[tmp]):
         with os.fdopen(fd, "wb") as f:
+            _ordinary_file(f.fileno())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -152,7 +175,10 @@ def temp_path_for(final: str | Path) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer()}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    try:
+        _ordinary_file(fd)
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -198,7 +224,9 @@ def temp_dir_for(final: str | Path) -> Path:
     """A fresh folder beside ``final`` to fill before :func:`publish_dir` puts it in place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 would lock everyone else out of the published folder
+    return tmp
 
 
 def publish_dir(tmp: str | Path, final: str | Path) -> Path:

@@ -97,6 +97,9 @@ def check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"train.stop_signals: {unknown} not among {', '.join(SIGNALS)}")
     if cfg.train.requeue not in ("auto", "never"):
         raise ConfigError(f"train.requeue must be auto or never, not {cfg.train.requeue!r}")
+    if cfg.data.train_split == HELD_OUT:
+        raise ConfigError(f"data.train_split={HELD_OUT}: the {HELD_OUT} split is held out, for the scores a report "
+                          "and a model card give; train on train (the default)")
     check_ranges(cfg)
     _check_loss(cfg)
 
@@ -105,6 +108,7 @@ def check_data(cfg: RunConfig) -> None:
     """The shards a training config names: the right corpus, the right kind for the stage, and the fusion
     stage's feature widths read from them."""
     index = check_shards(cfg)
+    check_splits(cfg, index)
     if cfg.stage in ("audio", "visual"):
         if cfg.stage not in packed_modalities(index):
             raise ConfigError(f"data.shards={cfg.data.shards} holds text-only samples (packed with --modalities "
@@ -114,6 +118,21 @@ def check_data(cfg: RunConfig) -> None:
     elif index.get("kind") == "features":
         raise ConfigError(f"data.shards={cfg.data.shards} holds dialog features (m2fdist extract): the "
                           f"{cfg.stage} stage reads utterance shards (m2fdist pack)")
+
+
+# The split no stage may train on: a report's and a model card's scores are the test split's.
+HELD_OUT = "test"
+
+
+def check_splits(cfg: RunConfig, index: dict[str, Any]) -> None:
+    """``data.train_split`` and ``data.eval_splits`` name splits the shards hold: a typo fails here, not as a
+    KeyError in every rank after the launch (and after the first epoch, for an evaluation split)."""
+    have = sorted(index.get("splits", {}))
+    asked = [("data.train_split", cfg.data.train_split)] + [("data.eval_splits", s) for s in cfg.data.eval_splits]
+    for key, split in asked:
+        if split not in have:
+            raise ConfigError(f"{key}: {split!r} is not a split of {cfg.data.shards} (its index.json has "
+                              f"{', '.join(have) or 'none'})")
 
 
 def resolve_feature_dims(cfg: RunConfig, index: dict[str, Any]) -> None:

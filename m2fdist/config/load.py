@@ -6,12 +6,12 @@ that holds neither its shards nor its models; the checks against the data are :m
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -19,6 +19,7 @@ from m2fdist.config.checks import check_data, check_extract_data, check_extract_
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import ExtractConfig, RunConfig
 from m2fdist.config.trial import trial_output_dir
+from m2fdist.format.exports import read_json
 
 
 def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[str, ...],
@@ -36,7 +37,7 @@ def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[st
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file {path} not found")
-            loaded = OmegaConf.load(path)
+            loaded = read_yaml(path)
             refuse_resolvers(OmegaConf.to_container(loaded, resolve=False), path)
             _check_kind(schema, path, loaded, legacy or {})
             merged = OmegaConf.merge(merged, loaded)
@@ -44,9 +45,7 @@ def merge(schema: type, path: str | Path | None, overrides: list[str] | tuple[st
         refuse_resolvers(OmegaConf.to_container(merged, resolve=False), path)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        where = f"{path or 'config'}" + (f", key {key}" if key else "")
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+        raise _one_line(f"{path or 'config'}", e) from None
     except ValueError as e:  # a sub-config's own check (e.g. fusion.modalities)
         raise ConfigError(str(e).splitlines()[0]) from None
 
@@ -73,6 +72,32 @@ def refuse_resolvers(node: Any, path: str | Path | None, key: str = "") -> None:
         raise ConfigError(f"{path or 'config'}, key {key}: {node!r} calls a resolver; a config is data: "
                           "interpolations such as ${oc.env:...} are refused (give the value as key=value, or let "
                           "the tool that needs a secret read it from the environment itself)")
+
+
+def _one_line(where: str, e: Exception) -> ConfigError:
+    """OmegaConf's several-line message (the key, reference and object types) as one line naming the key."""
+    key = getattr(e, "full_key", None)
+    return ConfigError(f"{where}" + (f", key {key}" if key else "") + f": {str(e).splitlines()[0]}")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A config file as OmegaConf reads it; ConfigError in one line naming the file and line when it is not
+    YAML, not UTF-8, nested past the parser's recursion, or asks for a Python object (``!!python/object``:
+    OmegaConf's loader builds plain data only, and a config is data)."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else f"{path}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if tag := re.search(r"tag:yaml\.org,2002:(python/[^'\s]*)", problem):
+            raise ConfigError(f"{where}: the YAML tag !!{tag.group(1)} is refused: a config is plain data "
+                              "(numbers, strings, lists, mappings), never a Python object") from None
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text, so not a YAML config") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config") from None
 
 
 def _check_kind(schema: type, path: str | Path, loaded: Any, legacy: dict[str, str | None]) -> None:
@@ -136,10 +161,22 @@ def run_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run's output_dir?")
-    return from_dict(json.loads(path.read_text()))
+    return from_dict(read_json(path), f"{path}")
 
 
-def from_dict(raw: dict[str, Any]) -> RunConfig:
-    """A saved run config (``config.json`` of a run or an export) back into a RunConfig."""
+def from_dict(raw: dict[str, Any], where: str = "a saved run config") -> RunConfig:
+    """A saved run config (``config.json`` of a run or an export) back into a RunConfig.
+
+    ``where`` names it in the ConfigError (one line) for a value of the wrong type, an unknown key or a value a
+    section refuses: an export may come from anywhere, and its config is input like any other.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a run config is a JSON object, not {type(raw).__name__}")
     raw = {k: v for k, v in raw.items() if k != "extract"}  # runs saved before extraction had its own config
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
+    refuse_resolvers(raw, where)  # an export's ${oc.env:...} would resolve here, on the loading machine
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
+    except OmegaConfBaseException as e:
+        raise _one_line(where, e) from None
+    except (ValueError, TypeError) as e:  # a section's own check, or a section that is not a mapping
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None

@@ -147,6 +147,8 @@ class ShardSource:
             index = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ShardError(f"{where}: not UTF-8 JSON ({e})") from e
+        except RecursionError:
+            raise ShardError(f"{where}: JSON nested too deeply; not an m2fdist index") from None
         if not isinstance(index, dict) or not isinstance(index.get("splits"), dict):
             raise ShardError(f"{where}: not an m2fdist index (no splits)")
         for split, entry in index["splits"].items():

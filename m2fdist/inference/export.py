@@ -21,7 +21,7 @@ from m2fdist.common.labels import LABELS
 from m2fdist.config.checks import read_policy
 from m2fdist.config.load import run_config
 from m2fdist.config.schema import RunConfig
-from m2fdist.format.exports import CONFIG, WEIGHTS
+from m2fdist.format.exports import CONFIG, WEIGHTS, public_meta
 from m2fdist.format.index import load_index
 from m2fdist.format.source import ShardError, ShardSource
 from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
@@ -79,10 +79,7 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     if not (ckpt_dir / tag / checkpoint.META).is_file():
         raise FileNotFoundError(f"{ckpt_dir / tag}: no finished checkpoint with that tag")
     state = fp32_state_dict(ckpt_dir, tag)
-    # the label names in output order travel with the weights: a reader needs no table to name the classes
-    meta = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage, "labels": list(LABELS[cfg.dataset])}
-    if packing := packing_of(cfg):
-        meta["packing"] = packing  # predict prepares raw clips exactly as these shards were packed
+    meta = export_meta(cfg, tag)
     if checkpoint.frozen_source(ckpt_dir, tag) is not None:
         state = with_frozen_base(cfg, state)
     if cfg.stage == "text" and cfg.text.finetune in ("lora", "peft"):
@@ -99,6 +96,17 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
             load_tokenizer(cfg.text.model).save_pretrained(tmp / "text_encoder")
         atomic.publish_dir(tmp, out)
     return out
+
+
+def export_meta(cfg: RunConfig, tag: str) -> dict[str, object]:
+    """An export's ``config.json``: the run config, tag, stage and labels, saying how the model was trained but not
+    where (:func:`~m2fdist.format.exports.public_meta`: no local paths, shard URLs, commands or W&B account)."""
+    # the label names in output order travel with the weights: a reader needs no table to name the classes
+    meta: dict[str, object] = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage,
+                               "labels": list(LABELS[cfg.dataset])}
+    if packing := packing_of(cfg):
+        meta["packing"] = packing  # predict prepares raw clips exactly as these shards were packed
+    return public_meta(meta)
 
 
 def with_frozen_base(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from m2fdist.config.load import from_dict
 from m2fdist.config.schema import RunConfig
-from m2fdist.format.exports import WEIGHTS, labels_of, read_meta
+from m2fdist.format.exports import CONFIG, WEIGHTS, labels_of, load_weights, read_json, read_meta, weights_header
 from m2fdist.models.build import build_model
 from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
 from m2fdist.models.text import TextModel, model_kwargs
@@ -29,20 +28,7 @@ from m2fdist.models.text import TextModel, model_kwargs
 SLACK_BYTES = 64 << 20
 
 
-def weights_header(file: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Each tensor's (shape, is floating point) from a safetensors file's header, reading no tensor data."""
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: (tuple(f.get_slice(k).get_shape()), _floating(f.get_slice(k).get_dtype())) for k in f.keys()}
-    except Exception as e:  # safetensors' own error type for a header it cannot parse, OSError for the rest
-        raise ValueError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
-
-
-def _floating(dtype: str) -> bool:
-    return dtype.upper().startswith(("F", "BF"))
-
-
-def check_against(model: nn.Module, header: dict[str, tuple[tuple[int, ...], bool]], file: Path) -> None:
+def check_against(model: nn.Module, header: dict[str, dict[str, Any]], file: Path) -> None:
     """Raise unless ``model`` (on the meta device) has exactly the file's tensors, and no more memory than the
     file's size allows for the buffers a file does not carry."""
     state = model.state_dict()
@@ -51,7 +37,7 @@ def check_against(model: nn.Module, header: dict[str, tuple[tuple[int, ...], boo
         raise ValueError(f"{file}: weights do not match the model its config describes "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     for name, t in state.items():
-        shape, floating = header[name]
+        shape, floating = tuple(header[name]["shape"]), header[name]["dtype"].startswith(("F", "BF"))
         if tuple(t.shape) != shape or t.is_floating_point() != floating:
             raise ValueError(f"{file}: {name} is {list(shape)} in the file, {list(t.shape)} in the model its "
                              "config describes")
@@ -73,7 +59,7 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
     """(config, model in eval mode) from an export folder; the model is built from the export's own configs."""
     path = Path(path)
     meta = read_meta(path)
-    cfg = from_dict(meta["run"])
+    cfg = from_dict(meta["run"], f"{path / CONFIG}")
     labels = labels_of(meta)
     if len(labels) != cfg.num_classes:
         raise ValueError(f"{path}: {len(labels)} labels {labels}, but the {cfg.dataset} model has "
@@ -81,6 +67,7 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
     file = path / WEIGHTS
     if cfg.stage == "text":
         enc = path / "text_encoder"
+        read_json(enc / CONFIG)  # one clear error for a config that is not JSON, before transformers reads it
         model_config, tokenizer = load_config(enc), load_tokenizer(enc)
         kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
 
@@ -90,5 +77,5 @@ def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module
         def build() -> nn.Module:
             return build_model(cfg.stage, cfg, len(labels))
     model = _checked_build(build, file)
-    model.load_state_dict(load_file(str(file)), strict=True)
+    model.load_state_dict(load_weights(file), strict=True)
     return cfg, model.to(device).eval()

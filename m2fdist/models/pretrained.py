@@ -10,9 +10,10 @@ families transformers itself ships can be built.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from m2fdist.format.exports import read_json
 
 # transformers is imported in each function, not at the top: it costs seconds, and audio, visual and fusion
 # ranks import this package without ever loading a text model.
@@ -40,10 +41,7 @@ def check_folder(path: str | Path) -> None:
         file = folder / name
         if not file.is_file():
             continue
-        try:
-            settings = json.loads(file.read_text())
-        except (OSError, ValueError) as e:
-            raise UntrustedModel(f"{file}: not a readable JSON file ({e})") from None
+        settings = read_json(file)  # bounded in size and depth, one clear error otherwise
         if not isinstance(settings, dict):
             raise UntrustedModel(f"{file}: not a JSON object")
         if "auto_map" in settings:

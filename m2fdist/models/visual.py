@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+
+from m2fdist.format.exports import load_weights
 
 
 @dataclass
@@ -80,8 +81,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
-
-        return load_file(str(path))
+        return load_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError and friends: the file holds more than tensors

@@ -16,8 +16,6 @@ line and reason; the other rows are still read.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context
-from m2fdist.raw.meld import decode_csv_bytes
+from m2fdist.raw.meld import MAX_FIELD, csv_rows, decode_csv_bytes
 
 REQUIRED = ("dialog", "utt", "text")
 OPTIONAL = ("speaker", "video", "audio", "start", "end")
@@ -98,23 +96,30 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
             except json.JSONDecodeError as e:
                 yield n, f"not JSON: {e.msg}"
                 continue
-            yield n, ({str(k).strip().lower(): v for k, v in row.items()} if isinstance(row, dict)
-                      else "not a JSON object")
+            except RecursionError:  # [[[[... a few thousand deep: the parser's recursion, not a row
+                yield n, "not JSON: nested too deeply"
+                continue
+            if not isinstance(row, dict):
+                yield n, "not a JSON object"
+            elif long := next(((k, len(v)) for k, v in row.items() if isinstance(v, str) and len(v) > MAX_FIELD),
+                              None):
+                yield n, f"field {long[0]} is {long[1]:,} characters, past the {MAX_FIELD:,} a field may hold"
+            else:
+                yield n, {str(k).strip().lower(): v for k, v in row.items()}
         return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
+    names, rows = csv_rows(text)
+    if not names:
         raise ValueError(f"{path}: empty (no header row)")
-    header = [h.strip().lower() for h in reader.fieldnames]
+    header = [h.strip().lower() for h in names]
     if missing := [c for c in REQUIRED if c not in header]:
         raise ValueError(f"{path}: missing columns {missing}; a manifest has {', '.join(REQUIRED + OPTIONAL)}")
-    reader.fieldnames = header
-    while True:
-        line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        yield line, (f"row has more fields than the header's {len(header)}" if None in row else row)
+    for line, row in rows:
+        if isinstance(row, str):
+            yield line, row
+        elif None in row:
+            yield line, f"row has more fields than the header's {len(header)}"
+        else:
+            yield line, {h: row[n] for h, n in zip(header, names, strict=True)}
 
 
 def read_manifest(path: Path, needs: str = "AV", context: int = 8) -> Corpus:

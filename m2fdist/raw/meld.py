@@ -40,6 +40,44 @@ def decode_csv_bytes(data: bytes) -> str:
     return "".join(chr(ord(c) - 0xDC00) if 0xDC80 <= ord(c) <= 0xDCFF else c for c in out)
 
 
+# Characters one CSV field may hold (the csv module's own default limit): a row with a longer field is a
+# recorded skip naming its line, not csv.Error's traceback, and the rows after it are read as usual.
+MAX_FIELD = 131_072
+
+
+def csv_rows(text: str) -> tuple[list[str], list[tuple[int, dict[str, str | None] | str]]]:
+    """The header and (line, row) for each data row of a CSV's text; a row that cannot be used is (line, why).
+
+    Line numbers are the file's own (a quoted field may span lines), so a skip points at the right place. The
+    csv module's field limit is raised past the text's length while reading (the whole text is in memory
+    already): it would stop the reader in the middle of a quoted field and misnumber, or misread as rows, what
+    follows; the limit is then applied here, to each row.
+    """
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = list(reader.fieldnames or [])
+        rows: list[tuple[int, dict[str, str | None] | str]] = []
+        while True:
+            line = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # the file ended inside a quoted field, ...
+                rows.append((line, f"not a CSV row ({e})"))
+                continue
+            values = [(k, v) for k, v in row.items() if isinstance(v, str)]
+            values += [(None, v) for v in (row.get(None) or []) if isinstance(v, str)]  # type: ignore[call-overload]
+            long = next(((k, len(v)) for k, v in values if len(v) > MAX_FIELD), None)
+            rows.append((line, f"field {long[0] or '(past the header)'} is {long[1]:,} characters, past the "
+                               f"{MAX_FIELD:,} a field may hold" if long else row))
+    finally:
+        csv.field_size_limit(limit)
+    return header, rows
+
+
 def parse_time(value: str) -> float:
     """``hh:mm:ss,mmm`` to seconds."""
     m = _TIME.match(value.strip())
@@ -92,33 +130,24 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
     return Corpus("meld", result, skipped)
 
 
-def read_rows(csv_path: Path, require_labels: bool = True) -> tuple[int, list[tuple[int, dict[str, str | None]]]]:
-    """The header's width and (line number, row) for each data row; an empty file is an error.
-
-    Line numbers are the file's own (a quoted field may span lines), so a skip points at the right place.
-    """
-    text = decode_csv_bytes(csv_path.read_bytes())
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
+def read_rows(csv_path: Path, require_labels: bool = True) -> tuple[int, list[tuple[int, dict[str, str | None] | str]]]:
+    """The header's width and (line number, row or why it is not one) for each data row (:func:`csv_rows`); an
+    empty file is an error."""
+    header, rows = csv_rows(decode_csv_bytes(csv_path.read_bytes()))
+    if not header:
         raise ValueError(f"{csv_path}: the file is empty (no header row); is this a MELD CSV?")
     needed = COLUMNS if require_labels else tuple(c for c in COLUMNS if c != "Emotion")
-    if missing := [c for c in needed if c not in reader.fieldnames]:
+    if missing := [c for c in needed if c not in header]:
         raise ValueError(f"{csv_path}: missing columns {missing}; is this a MELD CSV?")
-    rows = []
-    while True:
-        line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        rows.append((line, row))
     if not rows:
         raise ValueError(f"{csv_path}: the header is there but no data rows follow")
-    return len(reader.fieldnames), rows
+    return len(header), rows
 
 
-def _row_problem(row: dict[str, str | None], columns: int) -> str | None:
+def _row_problem(row: dict[str, str | None] | str, columns: int) -> str | None:
     """Why a row cannot be read field by field: csv fills missing fields with None, extras go under None."""
+    if isinstance(row, str):  # csv_rows already said why
+        return row
     if None in row:
         return f"row has {columns + len(row[None])} fields, the header {columns}"
     if (given := sum(v is not None for v in row.values())) < columns:

@@ -2,14 +2,17 @@
 
 A colleague (or the Hub page) reads what the model was trained on, how, how well, and what it is not for,
 without the runs folder it came from. Everything is generated from the exports' saved configs and, when the
-pipeline wrote one, its ``report.json``.
+pipeline wrote one, its ``report.json``; a card goes to the Hub, so it names no local path, shard location,
+command or account (the configs are read through :func:`~m2fdist.format.exports.public_meta`).
 """
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from m2fdist.common.modalities import NAME_OF
+from m2fdist.format.exports import LOCAL_TEXT_MODEL, public_meta
 from m2fdist.results.report import markdown, pct
 
 SPLITS = {
@@ -33,7 +36,9 @@ def _config_rows(metas: dict[str, dict[str, Any]]) -> list[str]:
         run = meta["run"]
         if part == "text":
             t = run["text"]
-            settings = (f"`text.model` {t['model']}, fine-tuning {t['finetune']}, context {t['context']} turns "
+            model = "a local model (its config and tokenizer: text/text_encoder/)" if t["model"] == LOCAL_TEXT_MODEL \
+                else t["model"]
+            settings = (f"`text.model` {model}, fine-tuning {t['finetune']}, context {t['context']} turns "
                         f"each side, input format {t['input_format']}")
             if meta.get("text_weights"):
                 settings += f" ({meta['text_weights']})"
@@ -50,7 +55,9 @@ def _config_rows(metas: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _scores(report: dict[str, Any], labels: list[str]) -> list[str]:
-
+    prefix, scored = "the exported model ", str(report.get("scored", ""))
+    if scored.startswith(prefix):  # the report names its runs folder: keep only the export's own part of it
+        report = {**report, "scored": f"{prefix}({'/'.join(PurePath(scored[len(prefix):]).parts[-2:])})"}
     splits = report["splits"]
     lines = ["## Evaluation", "", f"Modalities: {report['modalities']}.", "",
              "| split | accuracy | weighted F1 | macro F1 | utterances |", "|---|---|---|---|---|"]
@@ -68,6 +75,7 @@ def _scores(report: dict[str, Any], labels: list[str]) -> list[str]:
 def model_card(config: dict[str, Any], metas: dict[str, dict[str, Any]], report: dict[str, Any] | None) -> str:
     """The card's markdown: front matter, data, configuration, scores, usage, intended use and limits."""
     dataset, labels = config["dataset"], config["labels"]
+    metas = {part: public_meta(meta) for part, meta in metas.items()}  # exports written before they left these out
     main = metas.get("fusion") or metas["text"]
     mods = main["run"]["fusion"]["modalities"] if "fusion" in metas else "T"
     reads = " + ".join(NAME_OF[m] for m in mods)
@@ -77,7 +85,7 @@ def model_card(config: dict[str, Any], metas: dict[str, dict[str, Any]], report:
               f"It gives every utterance of a dialog one of {len(labels)} emotions: {', '.join(labels)}. "
               f"It reads each utterance's {reads}" + (" with its neighbours' text." if "T" in mods else "."), "",
               "## Data", "", f"Trained on {dataset.upper()}: {SPLITS.get(dataset, '')}",
-              f"Shards: `{main['run']['data']['shards']}`; the checkpoint of each stage was chosen by dev weighted F1.",
+              "Shards packed from it with `m2fdist pack`; the checkpoint of each stage was chosen by dev weighted F1.",
               "", "## Configuration", "", *_config_rows(metas), ""]
     if report is not None:
         lines += _scores(report, labels)

@@ -50,7 +50,8 @@ def test_help_lists_every_key_with_its_default_and_description(capsys, command, 
 def utterance_index(folder: Path, modalities: str = "text,audio,visual") -> Path:
     """An index.json of packed utterance shards (no shards needed for the config checks)."""
     folder.mkdir(parents=True, exist_ok=True)
-    index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]), "splits": {},
+    index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]),
+             "splits": {split: {"shards": []} for split in ("train", "dev", "test")},
              "options": {"modalities": modalities}}
     (folder / "index.json").write_text(json.dumps(index))
     return folder

@@ -19,8 +19,8 @@ from m2fdist.api import M2FNet
 from m2fdist.cli import main as cli
 from m2fdist.common.labels import LABELS
 from m2fdist.config.load import read_config
-from m2fdist.format.exports import resolve_model
-from m2fdist.inference.load import check_against, load_exported, weights_header
+from m2fdist.format.exports import resolve_model, weights_header
+from m2fdist.inference.load import check_against, load_exported
 from m2fdist.models.build import build_model
 from m2fdist.models.pretrained import load_config, load_tokenizer
 from m2fdist.models.text import TextModel
@@ -158,7 +158,7 @@ def test_buffers_the_file_cannot_back_are_refused(tmp_path):
 def test_a_malformed_weights_file_is_a_clear_error(bundle, capsys, monkeypatch):
     (bundle / "text" / "model.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
     for error in _loads(bundle, capsys, monkeypatch):
-        assert "not a readable safetensors file" in error, error
+        assert "not a well-formed safetensors file" in error, error
 
 
 def test_only_the_parts_the_bundle_names_are_read(bundle, runs):

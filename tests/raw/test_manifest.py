@@ -84,3 +84,36 @@ def test_labels_come_from_the_export():
     assert labels_of({"run": {"dataset": "meld"}})[:2] == ["neutral", "joy"]
     with pytest.raises(ValueError, match="non-empty list of names"):
         labels_of({"labels": [], "run": {"dataset": "meld"}})
+
+
+def test_a_field_past_the_csv_limit_is_a_skip_naming_its_line(tmp_path):
+    """csv.Error ("field larger than field limit (131072)") was a traceback that lost the whole manifest; stopped
+    inside a quoted field, the reader would also have misnumbered, or read as rows, the lines after it."""
+    huge = "y" * 140_000
+    (tmp_path / "m.csv").write_text(f"dialog,utt,text\na,0,hi\na,1,{huge}\na,2,\"{huge}\nstill the same field\"\n"
+                                    "a,3,ok\nb,0,\"a quoted\nline\"\n")
+    import csv
+
+    limit = csv.field_size_limit()
+    corpus = read_manifest(tmp_path / "m.csv", needs="")
+    assert csv.field_size_limit() == limit  # the process's limit is left as it was
+    assert [(u.dialog, u.utt) for d in corpus.splits[""] for u in d] == [("a", "0"), ("a", "3"), ("b", "0")]
+    assert {s.source: s.reason for s in corpus.skipped} == {
+        "m.csv:3": "field text is 140,000 characters, past the 131,072 a field may hold",
+        "m.csv:4": "field text is 140,021 characters, past the 131,072 a field may hold"}
+    assert corpus.splits[""][1][0].extra["source"] == "m.csv:7"  # lines after it keep their own numbers
+
+
+def test_a_deeply_nested_or_oversized_jsonl_line_is_a_skip(tmp_path):
+    """A line of 100,000 '[' raised RecursionError out of json.loads: the whole run lost, no row named."""
+    lines = [json.dumps({"dialog": "a", "utt": 0, "text": "hi"}), "[" * 100_000 + "]" * 100_000,
+             '{"dialog": "a", "utt": 1, "text": "x", "speaker": ' + "[" * 5000 + "]" * 5000 + "}",
+             json.dumps({"dialog": "a", "utt": 2, "text": "y" * 140_000}), json.dumps({"dialog": "a", "utt": 3,
+                                                                                   "text": "ok"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    corpus = read_manifest(tmp_path / "m.jsonl", needs="")
+    assert [u.utt for d in corpus.splits[""] for u in d] == ["0", "3"]
+    assert {s.source: s.reason for s in corpus.skipped} == {
+        "m.jsonl:2": "not JSON: nested too deeply", "m.jsonl:3": "not JSON: nested too deeply",
+        "m.jsonl:4": "field text is 140,000 characters, past the 131,072 a field may hold"}
+

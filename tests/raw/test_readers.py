@@ -220,3 +220,15 @@ def test_meld_reader_says_which_folders_it_used(meld_raw, tmp_path, capsys):
     said = capsys.readouterr().err
     assert f"MELD dev: reading {tmp_path / 'x' / 'MELD.Raw' / 'dev_sent_emo.csv'}" in said
     assert f"clips in {tmp_path / 'x' / 'MELD.Raw' / 'dev_splits_complete'}" in said
+
+
+def test_meld_field_past_the_csv_limit_is_a_skip(tmp_path):
+    """The MELD reader shares the manifest's CSV rows: a 140,000-character utterance is one skipped row."""
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+    row = '{n},"{text}",Ross,joy,positive,0,{n},1,1,"00:00:01,000","00:00:02,000"\n'
+    rows = [row.format(n=0, text="hi"), row.format(n=1, text="y" * 140_000), row.format(n=2, text="there")]
+    (tmp_path / "train_sent_emo.csv").write_text(header + "".join(rows))
+    corpus = read_meld(tmp_path, splits=("train",), media=False)
+    assert [u.text for u in corpus.utterances("train")] == ["hi", "there"]
+    assert [s.reason for s in corpus.skipped] == ["malformed CSV row: field Utterance is 140,000 characters, past "
+                                                  "the 131,072 a field may hold (train_sent_emo.csv:3)"]
