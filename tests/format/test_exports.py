@@ -147,7 +147,7 @@ def test_every_string_key_of_a_run_config_is_private_or_plain():
     plain = {"stage", "dataset", "precision", "data.train_split", "data.train_bad_shards", "text.pooling",
              "text.input_format", "text.finetune", "text.attn_implementation", "text.torch_dtype",
              "text.padding_side", "visual.branches", "visual.face_backbone", "fusion.modalities", "fusion.fusion",
-             "triplet.mining", "triplet.recipe", "train.class_weights"}
+             "triplet.mining", "triplet.recipe", "train.class_weights", "train.requeue"}
     rewritten = {"text.model", "visual.face_init", "visual.scene_init", "visual.faces"}
     found = set()
     for key, value in RunConfig().to_dict().items():
@@ -232,6 +232,7 @@ def test_a_broken_bundle_is_one_line_through_predict(text_export, tmp_path, caps
 
     bundle = tmp_path / "bundle"
     shutil.copytree(text_export, bundle / "text")
+    (bundle / CONFIG).write_text(json.dumps({"format": "m2fdist-bundle", "parts": ["text"]}))
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"dialog,utt,text\n1,0,hello there\n1,1,{'z' * 200_000}\n")  # a field past csv's limit
     # (a malformed model.safetensors or text_encoder/config.json goes through inference/load.py, which is to read

@@ -119,7 +119,8 @@ def test_extractor_ce_head_adds_cross_entropy_over_real_samples_only(tmp_path):
     from m2fdist.training.stages import AudioStage
 
     # the config checks that the shards it names exist and are for its dataset
-    index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]), "splits": {}}
+    index = {"format": 1, "dataset": "meld", "label_names": list(LABELS["meld"]),
+             "splits": {s: {} for s in ("train", "dev", "test")}}
     (tmp_path / "index.json").write_text(json.dumps(index))
 
     def stage(*extra: str) -> AudioStage:
