@@ -26,9 +26,9 @@ from m2fdist.common import atomic, progress
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
-from m2fdist.models.device import dtype_of
+from m2fdist.models.device import device_of, dtype_of
 from m2fdist.runtime.precision import Precision
-from m2fdist.training import checkpoint, preemption, runlock
+from m2fdist.training import checkpoint, preemption, runlock, throughput
 from m2fdist.training.stages import STAGE_TYPES
 from m2fdist.training.tracking import Tracker
 
@@ -107,6 +107,8 @@ class Trainer:
         self.last_saved = -1
         # the signals are caught from the start: one during set-up (loading, the first batches) is acted on at
         # the first step
+        self.flops_per_unit: float | None = None
+        self.peak: float | None = None  # the device's dense peak TFLOP/s, for MFU (set once the engine is up)
         self.stop = preemption.StopRequest()
         self.stop.install(cfg.train.stop_signals)
         self.stop.watch_launcher()
@@ -151,6 +153,7 @@ class Trainer:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         _align_buffers(self.engine.module)
+        self.peak = throughput.peak_tflops(device_of(self.engine.module), self.precision.dtype)
         if load:
             self._load(*load)
         self.eval_loaders = {s: self.stage.loader(s, False, self.rank, self.world) for s in cfg.data.eval_splits}
@@ -191,23 +194,29 @@ class Trainer:
         while st.step < self.total:
             self.train_loader.dataset.set_epoch(st.epoch, skip_batches=st.batch)
             self.engine.train()
-            losses: list[float] = []
-            t0, samples = time.time(), 0
+            micro: list[torch.Tensor] = []
+            t0, samples, tokens = time.time(), 0, 0
             for batch in self.train_loader:
+                if self.flops_per_unit is None:  # measured once, on the run's first micro-batch
+                    self.flops_per_unit = throughput.train_flops_per_unit(
+                        lambda b=batch: self.stage.loss(self.engine, b), self.engine, batch)
                 loss = self.stage.loss(self.engine, batch)
                 self.engine.backward(loss)
                 self.engine.step()
                 st.batch += 1
-                losses.append(float(loss.detach()))
-                samples += len(batch["labels"])
+                micro.append(loss.detach())  # on the device: no host sync per micro-step
+                n, k = throughput.units(batch)
+                samples, tokens = samples + n, tokens + k
                 if st.batch % self.accum:
                     continue
                 st.step += 1
+                losses = torch.stack(micro).float().tolist()  # one read to the host per optimizer step
+                micro = []
                 stopping = self._agree(losses)
                 self.progress.update()
                 if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
-                    self._log_train(losses, samples, time.time() - t0)
-                losses, t0, samples = [], time.time(), 0
+                    self._log_train(losses, samples, tokens, time.time() - t0)
+                t0, samples, tokens = time.time(), 0, 0
                 if cfg.train.eval_every and st.step % cfg.train.eval_every == 0:
                     self._evaluate_and_keep_best()
                 if cfg.train.save_every and st.step % cfg.train.save_every == 0:
@@ -291,13 +300,16 @@ class Trainer:
         dist.barrier()
         return preemption.EXIT_PREEMPTED
 
-    def _log_train(self, losses: list[float], samples: int, seconds: float) -> None:
-        stats = torch.tensor([sum(losses) / max(1, len(losses)), samples], dtype=torch.float64)
+    def _log_train(self, losses: list[float], samples: int, tokens: int, seconds: float) -> None:
+        """One log line: loss, lr, gradient norm, and the throughput since the last logged step (samples/s,
+        tokens/s for text, TFLOP/s per device and, on a known accelerator, MFU: :mod:`.throughput`)."""
+        stats = torch.tensor([sum(losses) / max(1, len(losses)), samples, tokens], dtype=torch.float64)
         dist.all_reduce(stats)
         norm = self.engine.get_global_grad_norm()
         values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
                   "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
-                  "samples_per_s": float(stats[1]) / max(seconds, 1e-9)}
+                  **throughput.rates(self.flops_per_unit or 0.0, float(stats[1]), float(stats[2]), seconds,
+                                     self.world, self.peak)}
         self.tracker.log(self.state.step, values)
         epochs = -(-self.total // self.steps_per_epoch)  # the epoch shown counts from 1, as people count
         self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {values['loss']:.4f}, "

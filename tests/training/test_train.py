@@ -161,8 +161,12 @@ def test_text_stage(text_run, work):
     # W&B (offline) holds the per-step loss, lr, grad norm, samples/s and the eval metrics
     history = wandb_history(text_run)
     logged = {k for row in history for k in row}
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "dev/weighted_f1",
-            "test/accuracy", "dev/f1_neutral"} <= logged
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s",
+            "train/tflops_per_device", "dev/weighted_f1", "test/accuracy", "dev/f1_neutral"} <= logged
+    # throughput in every log line: tokens/s and TFLOP/s measured; no MFU on a CPU (no known peak)
+    train = records(text_run)
+    assert all(r["tokens_per_s"] > r["samples_per_s"] > 0 and r["tflops_per_device"] > 0 for r in train)
+    assert not any("mfu" in r for r in train)
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     assert losses == pytest.approx([r["loss"] for r in records(text_run)])
 
