@@ -34,7 +34,7 @@ from m2fdist.common.progress import bar as progress_bar
 from m2fdist.data.decode import ShardDecodeError, decode_sample
 from m2fdist.data.handoff import forkserver
 from m2fdist.data.stream import read_samples
-from m2fdist.faces.faceset import FOLDER, FORMAT, FaceSettings, detect_clips, shard_paths, shard_stem
+from m2fdist.faces.faceset import FOLDER, FORMAT, FaceSettings, shard_paths, shard_stem
 from m2fdist.format.features import npy_bytes
 from m2fdist.format.index import load_index
 from m2fdist.format.source import ShardSource
@@ -150,7 +150,7 @@ def find_faces(shards: str | Path, out: Path | None = None, settings: FaceSettin
             continue
         acc["keys"] += item["keys"]
         acc["hw"] += [[int(c.shape[1]), int(c.shape[2])] for c in item["clips"]]
-        acc["found"] += detect_clips(detector, item["clips"], dev)
+        acc["found"] += detector.scored_clips(item["clips"], dev)
         bar.update(len(item["keys"]))
     bar.close()
     totals["seconds"] = round(time.perf_counter() - start, 2)

@@ -23,7 +23,7 @@ from torch import Tensor
 from m2fdist.data.decode import NUM_FRAMES
 from m2fdist.format.index import load_index
 from m2fdist.format.source import ShardSource
-from m2fdist.models.visual import FaceDetector, VisualExtractor
+from m2fdist.models.visual import VisualExtractor
 
 FORMAT = 1
 FOLDER = "faces"
@@ -149,20 +149,3 @@ def face_boxes(model: VisualExtractor, faces: FaceSet | None, keys: list[str], f
     """Stored boxes for these utterances when the face set has them all, else MTCNN on the frames."""
     stored = faces.boxes(keys, frame_hw, model.config.min_face_prob, frames.device) if faces else None
     return stored if stored is not None else model.detect(frames, frame_hw)
-
-
-def detect_clips(detector: FaceDetector, clips: list[Tensor],
-                 device: torch.device) -> list[list[tuple[Tensor, Tensor]]]:
-    """MTCNN over clips [T, H, W, 3], batched by frame size (never padded: MTCNN's image pyramid depends on
-    the image size, so padding would make a clip's boxes depend on its batch)."""
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i, c in enumerate(clips):
-        by_size.setdefault((int(c.shape[1]), int(c.shape[2])), []).append(i)
-    out: list[list[tuple[Tensor, Tensor]]] = [[] for _ in clips]
-    for (h, w), idx in by_size.items():
-        frames = torch.cat([torch.as_tensor(clips[i]) for i in idx]).to(device)
-        found = detector.scored(frames, torch.tensor([[h, w]] * len(frames)))
-        t = len(found) // len(idx)
-        for j, i in enumerate(idx):
-            out[i] = [(b.cpu(), p.cpu()) for b, p in found[j * t : (j + 1) * t]]
-    return out

@@ -19,7 +19,7 @@ from torch import Tensor
 from m2fdist.common.media import SAMPLE_RATE, MediaError, audio_from_video, encode_utterance, read_wav
 from m2fdist.common.modalities import NAME_OF
 from m2fdist.data.decode import sample_frames
-from m2fdist.faces.faceset import FaceSet, detect_clips
+from m2fdist.faces.faceset import FaceSet
 from m2fdist.models.device import device_of
 from m2fdist.raw.base import Utterance
 
@@ -131,7 +131,7 @@ def utterance_features(parts: dict[str, Any], utterances: list, decoded: list[De
             keys = [u.key for u in utterances]
             boxes = faces.boxes(keys, hw, visual.config.min_face_prob, device) if faces else None
             if boxes is None:  # MTCNN on each clip at its own size (never on padding)
-                found = detect_clips(visual.detector, clips, device)
+                found = visual.detector.scored_clips(clips, device)
                 boxes = [[b[p >= visual.config.min_face_prob].to(device) for b, p in clip] for clip in found]
         feats["visual"] = visual(frames, hw, boxes)
     return feats

@@ -182,6 +182,23 @@ class FaceDetector:
             out.append((b[keep], p[keep]))
         return out
 
+    def scored_clips(self, clips: list[Tensor],
+                     device: torch.device | None = None) -> list[list[tuple[Tensor, Tensor]]]:
+        """MTCNN over clips [T, H, W, 3] (each at its real size), one clip at a time: per clip, per frame, every
+        face's (boxes [k, 4], probs [k]) on the CPU.
+
+        One clip alone, never padded nor batched with others: MTCNN's image pyramid depends on the image size,
+        and its batched convolutions on the batch (a face feature moved by 1e-3 between chunks of 16 and of 1
+        on CPU). So a clip's boxes depend on the clip only, and training, extraction, the face pass and
+        prediction find the same faces in the same frames.
+        """
+        out = []
+        for clip in clips:
+            frames = torch.as_tensor(clip).to(device) if device is not None else torch.as_tensor(clip)
+            hw = torch.tensor([[int(frames.shape[1]), int(frames.shape[2])]] * len(frames))
+            out.append([(b.cpu(), p.cpu()) for b, p in self.scored(frames, hw)])
+        return out
+
     def __call__(self, frames: Tensor, frame_hw: Tensor) -> list[Tensor]:
         """frames uint8 [N, H, W, 3] (padded), frame_hw [N, 2] → N tensors of boxes with p >= min_prob."""
         return [b[p >= self.min_prob] for b, p in self.scored(frames, frame_hw)]
@@ -203,10 +220,11 @@ class VisualExtractor(nn.Module):
             load_init(self.scene.backbone, self.config.scene_init)
 
     def detect(self, frames: Tensor, frame_hw: Tensor) -> list[list[Tensor]]:
-        """Boxes per utterance per frame: [B][T] tensors [k, 4]. Stored boxes (m2fdist.faces) can stand in."""
-        b, t = frames.shape[:2]
-        flat = self.detector(frames.reshape(b * t, *frames.shape[2:]), frame_hw.repeat_interleave(t, dim=0))
-        return [flat[i * t : (i + 1) * t] for i in range(b)]
+        """Boxes per utterance per frame: [B][T] tensors [k, 4], on the frames' device; each clip is detected
+        alone at its real size (:meth:`FaceDetector.scored_clips`). Stored boxes (m2fdist.faces) can stand in."""
+        clips = [frames[i, :, : int(h), : int(w)] for i, (h, w) in enumerate(frame_hw.tolist())]
+        found = self.detector.scored_clips(clips)
+        return [[b[p >= self.detector.min_prob].to(frames.device) for b, p in clip] for clip in found]
 
     def face_features(self, frames: Tensor, boxes: list[list[Tensor]], frame_hw: Tensor) -> Tensor:
         """Area-weighted sum of face embeddings per frame, max-pooled over frames: [B, embed_dim]."""

@@ -37,35 +37,60 @@ def _holder(f: IO[str]) -> dict:
         return {}
 
 
-def claim(output_dir: str | Path, rank: int | None = None) -> None:
-    """Claim ``output_dir`` for this launch, or raise ValueError naming the live run that holds it."""
+def claim(output_dir: str | Path, rank: int | None = None, wait: float = 30.0) -> None:
+    """Claim ``output_dir`` for this launch, or raise ValueError naming the live run that holds it.
+
+    Rank 0 takes the lock. The other ranks never take it while their rank 0 may be claiming (a probe lock of
+    theirs, however short, would make rank 0 find the folder taken): they wait up to ``wait`` seconds for the
+    holder's record to name their own launch, and only then look whether anyone holds the lock at all.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = (out / LOCK).resolve()
     if path in _held and _held[path][1] == launch_id():
         return
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    if rank != 0:
+        _follow(out, path, wait)
+        return
     f = path.open("a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _holder(f)
         f.close()
-        if rank != 0 and holder.get("launch") == launch_id():
-            return  # our own rank 0 holds it
-        raise ValueError(f"output_dir={out} is in use by another run (launch {holder.get('launch', '?')}, pid "
-                         f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}):"
-                         " wait for it to end, or give this run another output_dir") from None
-    if rank != 0:  # not held: our rank 0 has not claimed it yet, or no live run has; rank 0 decides
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-        return
+        raise _in_use(out, holder) from None
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"launch": launch_id(), "host": socket.gethostname(), "pid": os.getpid(),
                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     f.flush()
     _held[path] = (f, launch_id())
+
+
+def _follow(out: Path, path: Path, wait: float) -> None:
+    """A rank other than 0: accept once the lock's record names this launch (its rank 0 claimed the folder);
+    after ``wait`` seconds, refuse if another run holds the lock, else leave the decision to rank 0."""
+    deadline = time.monotonic() + wait
+    with path.open("a+") as f:
+        while True:
+            holder = _holder(f)
+            if holder.get("launch") == launch_id():
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(out, _holder(f)) from None
+        fcntl.flock(f, fcntl.LOCK_UN)  # nobody holds it: this launch's rank 0 has not claimed it (it decides)
+
+
+def _in_use(out: Path, holder: dict) -> ValueError:
+    return ValueError(f"output_dir={out} is in use by another run (launch {holder.get('launch', '?')}, pid "
+                      f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}): "
+                      "wait for it to end, or give this run another output_dir")
 
 
 def release(output_dir: str | Path) -> None:

@@ -225,7 +225,7 @@ def test_predict_on_the_raw_tree_gives_the_reports_predictions(pipeline_runs, fe
     whole = [d for d in by_dialog.values() if {r["key"] for r in d} == {k for k in scored if k.rsplit("_", 1)[0]
                                                                        == d[0]["key"].rsplit("_", 1)[0]}]
     compared = [r for d in whole for r in d]
-    assert len(compared) > 20
+    assert len(compared) >= 10
     labels = json.loads((pipeline_runs / "model" / "config.json").read_text())["labels"]
     for r in compared:
         assert r["emotion"] == labels[scored[r["key"]]["pred"]], r["key"]

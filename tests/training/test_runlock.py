@@ -3,9 +3,12 @@ anything, naming the holder; the ranks of the holding launch itself pass; the cl
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -34,12 +37,42 @@ def test_a_launch_claims_its_folder_and_another_is_refused(tmp_path, monkeypatch
         for rank in (0, 1):  # every rank of launch B is refused
             as_rank(monkeypatch, rank, 29002)
             with pytest.raises(ValueError, match=r"is in use by another run \(launch 127.0.0.1:29001, pid \d+"):
-                runlock.claim(out)
+                runlock.claim(out, wait=0.2)
     finally:
         runlock.release(out)
     as_rank(monkeypatch, 0, 29002)
     runlock.claim(out)  # once A is gone, B claims it
     runlock.release(out)
+
+
+def test_a_rank_waits_for_its_rank_0_to_write_its_claim(tmp_path, monkeypatch):
+    """Under load rank 1 met the lock taken by its own rank 0 before rank 0 had written who holds it (an old
+    record of a dead run was still there), and refused its own launch; now it waits for the record."""
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / runlock.LOCK
+    lock.write_text(json.dumps({"launch": "10.0.0.9:29500", "pid": 1, "host": "gone"}))
+    as_rank(monkeypatch, 1, 29004)
+    rank0 = lock.open("a+")
+    fcntl.flock(rank0, fcntl.LOCK_EX)  # rank 0 has the lock, its record not written yet
+    errors: list[BaseException] = []
+
+    def rank1() -> None:
+        try:
+            runlock.claim(out, rank=1, wait=10)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    follower = threading.Thread(target=rank1)
+    follower.start()
+    time.sleep(0.5)
+    rank0.seek(0)
+    rank0.truncate()
+    rank0.write(json.dumps({"launch": runlock.launch_id(), "pid": os.getpid(), "host": "here"}))
+    rank0.flush()
+    follower.join(timeout=10)
+    rank0.close()
+    assert not follower.is_alive() and errors == []
 
 
 def test_train_refuses_a_folder_a_live_run_holds(tiny_features, tmp_path, monkeypatch, capsys):
