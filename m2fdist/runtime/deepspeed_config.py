@@ -77,19 +77,3 @@ def precision_of(ds: dict[str, Any]) -> str:
     if ds.get("bf16", {}).get("enabled"):
         return "bf16"
     return "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
-
-
-def partition_at_load(ds: dict[str, Any]) -> Any | None:
-    """Under ZeRO-3: an object that, while it lives, makes transformers build and load every model partitioned
-    (``deepspeed.zero.Init``), so each rank holds about 1/world of a base from the moment it is read, instead of
-    the whole model before ``deepspeed.initialize`` partitions it. None under ZeRO 0-2.
-
-    Keep it for the whole run: transformers (``from_pretrained``, embedding resizes) and peft (adapter set-up
-    gathers the partitioned weights it wraps) look it up through a weak reference.
-    """
-    if ds.get("zero_optimization", {}).get("stage") != 3:
-        return None
-    # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
-    from transformers.integrations import HfDeepSpeedConfig
-
-    return HfDeepSpeedConfig(ds)

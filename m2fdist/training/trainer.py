@@ -27,7 +27,6 @@ from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
 from m2fdist.models.device import device_of, dtype_of
-from m2fdist.runtime.deepspeed_config import partition_at_load
 from m2fdist.runtime.precision import Precision
 from m2fdist.training import checkpoint, preemption, runlock, throughput
 from m2fdist.training.stages import STAGE_TYPES
@@ -122,9 +121,6 @@ class Trainer:
         cfg = self.cfg
         runlock.check_same_folder(cfg.output_dir)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        # ZeRO-3: text models are partitioned as they load; held for the run (transformers and peft look it up)
-        self.partitioned_load = (partition_at_load(self.ds_config)
-                                 if cfg.stage == "text" and cfg.text.partition_at_load else None)
         model = self.stage.build_model()
         self.stage.prepare(model)
         torch.manual_seed(cfg.train.seed + 1000 * self.rank)  # per-rank randomness from here on
