@@ -30,7 +30,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_T
 LAUNCH_TIMEOUT = float(os.environ.get("M2FDIST_TEST_LAUNCH_TIMEOUT", 600))
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """The pid and every descendant (from /proc), so a hang report covers ranks and loader workers."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -52,7 +52,7 @@ def stacks_of(pid: int) -> str:
     if spy is None:
         return "(py-spy not installed: no stacks)"
     dumps = []
-    for p in _tree(pid):
+    for p in process_tree(pid):
         r = subprocess.run([spy, "dump", "--pid", str(p)], capture_output=True, text=True, timeout=60)
         dumps.append(f"--- pid {p}\n{r.stdout or r.stderr}")
     return "\n".join(dumps)
