@@ -121,10 +121,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
         model = cls(exports, metas, card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
                     encoder_config=read_json(roots["text"] / "text_encoder" / CONFIG))
         if own is not None and own.is_file():
-            bundle = read_json(own)
-            if not isinstance(bundle, dict):
-                raise ValueError(f"{own}: not a bundle's config (a JSON object with its dataset, labels and parts)")
-            said = bundle.get("labels")
+            said = read_json(own).get("labels")  # an object: bundle_parts read and checked it above
             if said is not None and said != model.labels:
                 raise ValueError(f"{own}: labels {said} differ from the model's {model.labels}")
         return model

@@ -25,6 +25,9 @@ from m2fdist.format.source import scheme_of
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# An audio or visual export's "packing": the pack options that decide what a clip becomes before an extractor
+# sees it, so that prediction prepares raw clips the same way.
+PACKING_KEYS = ("max_side", "max_seconds", "long_clips")
 BUNDLE_PARTS = STAGES  # a bundle holds one export per trained stage, under the stage's name
 MAX_JSON_BYTES = 16 << 20  # an export's or a bundle's config.json; real ones are a few kB
 

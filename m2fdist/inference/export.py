@@ -21,15 +21,12 @@ from m2fdist.common.labels import LABELS
 from m2fdist.config.checks import read_policy
 from m2fdist.config.load import run_config
 from m2fdist.config.schema import RunConfig
-from m2fdist.format.exports import CONFIG, WEIGHTS, public_meta
+from m2fdist.format.exports import CONFIG, PACKING_KEYS, WEIGHTS, public_meta
 from m2fdist.format.index import load_index
 from m2fdist.format.source import ShardError, ShardSource
 from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
 from m2fdist.models.text import TextModel, model_kwargs
 from m2fdist.training import checkpoint
-
-# The packing options that decide what a clip becomes before an extractor sees it.
-PACKING_KEYS = ("max_side", "max_seconds", "long_clips")
 
 
 def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:

@@ -20,7 +20,9 @@ from m2fdist.common.media import SAMPLE_RATE, MediaError, audio_from_video, enco
 from m2fdist.common.modalities import NAME_OF
 from m2fdist.data.decode import sample_frames
 from m2fdist.faces.faceset import FaceSet
+from m2fdist.format.exports import PACKING_KEYS
 from m2fdist.models.device import device_of
+from m2fdist.pack.writer import PackOptions
 from m2fdist.raw.base import Utterance
 
 
@@ -29,9 +31,10 @@ class Preparation:
     """How a clip is prepared for the extractors: exactly as packing prepared the clips the model was trained and
     scored on (``m2fdist pack``'s options, which the audio and visual exports carry), then decoded as the
     training loader decodes a shard's members."""
-    max_side: int = 320  # pack's defaults: exports from before they carried the options were packed with them
-    max_seconds: float = 60.0
-    long_clips: str = "trim"
+    # pack's own defaults: exports from before they carried the options were packed with them
+    max_side: int = PackOptions.max_side
+    max_seconds: float = PackOptions.max_seconds
+    long_clips: str = PackOptions.long_clips
     audio_seconds: float = 0.0  # the audio model's input length (audio.seconds)
     num_frames: int = 0  # frames sampled per clip (data.num_frames of the visual run)
     frame_size: tuple[int, int] | None = None  # data.frame_width / frame_height of the visual run, None: as packed
@@ -52,7 +55,7 @@ def preparation(parts: dict[str, Any], metas: dict[str, dict[str, Any]]) -> Prep
     kw: dict[str, Any] = {}
     for part in ("audio", "visual"):
         packing = metas.get(part, {}).get("packing") or {}
-        kw.update((k, packing[k]) for k in ("max_side", "max_seconds", "long_clips") if k in packing)
+        kw.update((k, packing[k]) for k in PACKING_KEYS if k in packing)
     if "A" in needs:
         kw["audio_seconds"] = parts["audio"][0].audio.seconds
     if "V" in needs:
@@ -178,8 +181,7 @@ def _chunk(parts: dict[str, Any], chunk: list, prep: Preparation, faces: FaceSet
     try:
         return ok, decoded, _features(parts, ok, decoded, needs, faces)
     except Exception:  # noqa: BLE001 (find the utterance at fault: each alone)
-        if len(ok) == 1:
-            raise
+        pass
     kept, kept_decoded, feats = [], [], []
     for u, d in zip(ok, decoded, strict=True):
         try:
@@ -209,11 +211,7 @@ def predict_dialog(parts: dict[str, Any], utterances: list, chunk: int = 16, fac
     parts_cfg = parts["fusion"][0] if "fusion" in parts else parts["text"][0]
     feats_parts, good, reasons, notes = [], [], {}, {}
     for i in range(0, len(utterances), chunk):
-        try:
-            ok, decoded, feats = _chunk(parts, utterances[i : i + chunk], prep, faces, reasons)
-        except Exception as e:  # noqa: BLE001 (a single utterance the extractors cannot take)
-            ok, decoded, feats = [], [], None
-            reasons[utterances[i].key] = _failure(e)
+        ok, decoded, feats = _chunk(parts, utterances[i : i + chunk], prep, faces, reasons)
         if feats is not None:
             feats_parts.append(feats)
         good += ok
