@@ -85,7 +85,7 @@ def prepare(work: Path) -> dict[str, Path]:
             splits[split] = {"shards": [{"url": f"{split}-000000.tar", "samples": writer.count,
                                          "dialogs": writer.count}], "samples": writer.count,
                              "dialogs": writer.count, "labels": entry["labels"]}
-        write_index(out, "features", "meld", splits, dims=dict(zip(NAMES, dims, strict=True)))
+        write_index(out, "features", "meld", index["label_names"], splits, dims=dict(zip(NAMES, dims, strict=True)))
     return paths
 
 

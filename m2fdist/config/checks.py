@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from m2fdist.common.labels import LABELS
+from m2fdist.common.labels import DATASETS, LABELS, check_label_names
 from m2fdist.common.modalities import BY_LETTER, MODALITIES, NAMES, STAGES
 from m2fdist.common.paths import looks_local
 from m2fdist.common.stop_signals import SIGNALS
@@ -29,8 +29,8 @@ EXTRACT_RANGES = (("data.num_workers", 0, True), ("data.num_frames", 0, True), (
 
 def check_extract_values(cfg: ExtractConfig) -> None:
     """What an extraction config says on its own, without reading the shards or the exports."""
-    if cfg.dataset not in LABELS:
-        raise ConfigError(f"dataset must be one of {sorted(LABELS)}, not {cfg.dataset!r}")
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, not {cfg.dataset!r}")
     check_ranges(cfg, EXTRACT_RANGES)
     if not any(getattr(cfg.extract, name) for name in NAMES):
         raise ConfigError("extract.text / extract.audio / extract.visual: give at least one exported model")
@@ -77,8 +77,8 @@ def check_values(cfg: RunConfig) -> None:
     """What a training config says on its own: names, choices and ranges, without touching the disk."""
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, not {cfg.stage!r}")
-    if cfg.dataset not in LABELS:
-        raise ConfigError(f"dataset must be one of {sorted(LABELS)}, not {cfg.dataset!r}")
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, not {cfg.dataset!r}")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}")
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
@@ -186,6 +186,8 @@ def _check_loss(cfg: RunConfig) -> None:
     if not isinstance(spec, str | list) or (isinstance(spec, list) and not all(
             isinstance(w, int | float) and not isinstance(w, bool) for w in spec)):
         raise ConfigError(f"train.class_weights must be none, inverse, sqrt_inverse or a list of numbers, not {spec!r}")
+    if not cfg.num_classes:  # a manifest run before its shards are read: check_shards comes back here
+        return
     try:
         class_weights(spec, [1] * cfg.num_classes)
     except ValueError as e:
@@ -247,9 +249,30 @@ def check_shards(cfg: RunConfig | ExtractConfig) -> dict[str, Any]:
                           "fusion stage run `m2fdist extract`, first)") from None
     except (ShardError, ValueError) as e:
         raise ConfigError(f"data.shards={cfg.data.shards}: {e}") from None
-    names = list(LABELS[cfg.dataset])
-    if index.get("dataset") != cfg.dataset or index.get("label_names") != names:
-        raise ConfigError(f"dataset={cfg.dataset} (labels {', '.join(names)}), but {source.url('index.json')} "
-                          f"is for {index.get('dataset')!r} with labels {index.get('label_names')}: "
-                          "set dataset= to match the shards, or point data.shards at the right ones")
+    resolve_labels(cfg, index, source.url("index.json"))
     return index
+
+
+def resolve_labels(cfg: RunConfig | ExtractConfig, index: dict[str, Any], where: str) -> None:
+    """The run's labels from the shards' index.json (``label_names``): the one source of a run's label set.
+
+    MELD's and IEMOCAP's shards must name their corpus's fixed set; a manifest corpus's set is its own. ``labels``
+    unset takes them; given, it must equal them.
+    """
+    fixed = LABELS.get(cfg.dataset)
+    try:
+        names = check_label_names(index.get("label_names"), f"{where}:")
+    except ValueError as e:
+        raise ConfigError(f"data.shards={cfg.data.shards}: {e}") from None
+    if index.get("dataset") != cfg.dataset or (fixed is not None and names != list(fixed)):
+        mine = f" (labels {', '.join(fixed)})" if fixed else ""
+        raise ConfigError(f"dataset={cfg.dataset}{mine}, but {where} is for {index.get('dataset')!r} with labels "
+                          f"{names}: set dataset= to match the shards, or point data.shards at the right ones")
+    if cfg.labels and list(cfg.labels) != names:
+        raise ConfigError(f"labels={list(cfg.labels)}, but {where} names {names}: leave labels unset (the run takes "
+                          "the shards' own), or point data.shards at the right ones")
+    if isinstance(cfg, RunConfig):
+        cfg.use_labels(names)
+        _check_loss(cfg)
+    else:
+        cfg.labels = names

@@ -123,7 +123,8 @@ def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """
     cfg: RunConfig = merge(RunConfig, path, overrides)
     cfg.output_dir = trial_output_dir(cfg.output_dir, os.environ)
-    cfg.text.num_classes = cfg.fusion.num_classes = cfg.num_classes  # the model configs follow the dataset
+    if cfg.label_names:  # MELD's and IEMOCAP's fixed sets; a manifest run's come from its shards (check_data)
+        cfg.use_labels(cfg.label_names)
     check_values(cfg)
     return cfg
 

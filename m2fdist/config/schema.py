@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from m2fdist.common.labels import LABELS
+from m2fdist.common.labels import run_labels
 from m2fdist.models.audio import AudioConfig
 from m2fdist.models.dialog import DialogConfig
 from m2fdist.models.text_config import TextConfig
@@ -127,7 +127,12 @@ def _unset_dims() -> DialogConfig:
 @dataclass
 class RunConfig:
     stage: str = "text"  # text, audio, visual or fusion
-    dataset: str = "meld"  # meld or iemocap: the label set, checked against the shards' index.json
+    # meld, iemocap, or manifest (any labelled dialogs: m2fdist pack manifest); checked against the shards' index.json
+    dataset: str = "meld"
+    # The class names in id order. [] (unset) takes the shards' index.json label_names, the one place a run's labels
+    # come from (through them: the outputs, class weights, export, model card, report, predict); a list given must
+    # equal them
+    labels: list[str] = field(default_factory=list)
     output_dir: str = "runs/meld/text"  # checkpoints, metrics.jsonl, config.json, final.json
     resume: str = ""  # "": start fresh; auto: latest checkpoint if any; or a tag / checkpoint path
     # resume: also accept config changes that break an exact resume (model shape, batch, precision, ...)
@@ -146,8 +151,19 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     @property
+    def label_names(self) -> list[str]:
+        """The run's class names in id order (:func:`~m2fdist.common.labels.run_labels`); [] while a manifest
+        run's config has not been checked against its shards."""
+        return run_labels(self.dataset, self.labels)
+
+    @property
     def num_classes(self) -> int:
-        return len(LABELS[self.dataset])
+        return len(self.label_names)
+
+    def use_labels(self, names: list[str]) -> None:
+        """Take ``names`` as the run's labels; the classifier heads (text, fusion) follow their count."""
+        self.labels = list(names)
+        self.text.num_classes = self.fusion.num_classes = len(names)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,10 +198,16 @@ class ExtractFaces:
 @dataclass
 class ExtractConfig:
     """``m2fdist extract``: the exported text / audio / visual models over utterance shards → dialog features."""
-    dataset: str = "meld"  # meld or iemocap: the label set, checked against the shards' index.json
+    dataset: str = "meld"  # meld, iemocap or manifest: checked against the shards' index.json
+    # The class names in id order; [] (unset) takes the shards' index.json label_names, a list given must equal them
+    labels: list[str] = field(default_factory=list)
     data: ExtractDataConfig = field(default_factory=ExtractDataConfig)
     extract: ExtractModels = field(default_factory=ExtractModels)
     visual: ExtractFaces = field(default_factory=ExtractFaces)
+
+    @property
+    def label_names(self) -> list[str]:
+        return run_labels(self.dataset, self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

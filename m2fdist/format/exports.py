@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from m2fdist.common.labels import LABELS
+from m2fdist.common.labels import LABELS, check_label_names, run_labels
 from m2fdist.common.modalities import STAGES
 from m2fdist.common.paths import looks_local
 from m2fdist.format.source import scheme_of
@@ -79,19 +79,15 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
 
 def labels_of(meta: dict[str, Any]) -> list[str]:
     """The class names of an export's outputs, in order: its own ``labels`` (exports since they carry them),
-    else the label set of the dataset it was trained on."""
+    else those of the run config it holds (:func:`~m2fdist.common.labels.run_labels`)."""
     labels = meta.get("labels")
     if labels is None:
-        dataset = meta.get("run", {}).get("dataset")
-        if dataset not in LABELS:
+        run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
+        dataset, names = run.get("dataset"), run.get("labels")
+        if not names and dataset not in LABELS:
             raise ValueError(f"the export names no labels, and its dataset {dataset!r} is none of {sorted(LABELS)}")
-        return list(LABELS[dataset])
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
-        raise ValueError(f"the export's labels must be a non-empty list of names, not {labels!r}")
-    # two outputs of one name would have their probabilities collapse onto it (a dict keyed by label)
-    if duplicated := sorted({x for x in labels if labels.count(x) > 1}):
-        raise ValueError(f"the export's labels name {', '.join(map(repr, duplicated))} more than once: {labels}")
-    return labels
+        return check_label_names(run_labels(dataset, names), "the export's run")
+    return check_label_names(labels, "the export's")
 
 
 def bundle_parts(path: Path) -> list[str]:

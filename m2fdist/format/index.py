@@ -10,23 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist.common import atomic
-from m2fdist.common.labels import LABELS
 from m2fdist.format.source import ShardSource
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
 
 
-def write_index(folder: Path, kind: str, dataset: str, splits: dict[str, Any], **fields: Any) -> dict[str, Any]:
+def write_index(folder: Path, kind: str, dataset: str, label_names: list[str], splits: dict[str, Any],
+                **fields: Any) -> dict[str, Any]:
     """Write ``folder/index.json`` atomically and return it: the one writer, for packed utterance shards
     (``kind="utterances"``) and dialog feature shards (``kind="features"``).
 
-    The fields every reader relies on (format version, kind, dataset and its label names in id order, the
-    splits with their shard lists) are set here, so the two writers cannot drift apart.
+    The fields every reader relies on (format version, kind, dataset, the label names in id order, the splits with
+    their shard lists) are set here, so the two writers cannot drift apart. ``label_names`` is where a run's labels
+    come from (:func:`m2fdist.config.checks.resolve_labels`).
     """
     if kind not in ("utterances", "features"):
         raise ValueError(f"index kind must be utterances or features, not {kind!r}")
-    index = {"format": FORMAT_VERSION, "kind": kind, "dataset": dataset, "label_names": list(LABELS[dataset]),
+    index = {"format": FORMAT_VERSION, "kind": kind, "dataset": dataset, "label_names": list(label_names),
              "splits": splits, **fields}
     atomic.write_json(Path(folder) / INDEX_NAME, index)
     return index

@@ -29,6 +29,9 @@ def evaluate_export(model_dir: Path, shards: str | Path, split: str, batch_size:
         raise ValueError(f"{shards} holds {have} shards; the {cfg.stage} model reads {want} shards")
     if index.get("dataset") != cfg.dataset:
         raise ValueError(f"{shards} holds {index.get('dataset')} shards; the model was trained on {cfg.dataset}")
+    if index.get("label_names") != cfg.label_names:  # a manifest corpus's set is its own: two may differ
+        raise ValueError(f"{shards} names the labels {index.get('label_names')}; the model predicts "
+                         f"{cfg.label_names}")
     if split not in index["splits"]:
         raise ValueError(f"split {split!r} not in {shards} (it has {', '.join(sorted(index['splits']))})")
     cfg.data.shards = str(shards)

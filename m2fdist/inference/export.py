@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 
 from m2fdist.common import atomic
-from m2fdist.common.labels import LABELS
 from m2fdist.config.checks import read_policy
 from m2fdist.config.load import run_config
 from m2fdist.config.schema import RunConfig
@@ -100,7 +99,7 @@ def export_meta(cfg: RunConfig, tag: str) -> dict[str, object]:
     where (:func:`~m2fdist.format.exports.public_meta`: no local paths, shard URLs, commands or W&B account)."""
     # the label names in output order travel with the weights: a reader needs no table to name the classes
     meta: dict[str, object] = {"run": cfg.to_dict(), "tag": tag, "stage": cfg.stage,
-                               "labels": list(LABELS[cfg.dataset])}
+                               "labels": cfg.label_names}
     if packing := packing_of(cfg):
         meta["packing"] = packing  # predict prepares raw clips exactly as these shards were packed
     return public_meta(meta)
@@ -114,7 +113,7 @@ def with_frozen_base(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[str
     """
     if cfg.stage != "text":
         raise ValueError(f"a {cfg.stage} checkpoint without its frozen parameters: only text runs save that way")
-    model = TextModel.from_pretrained(cfg.text, labels=LABELS[cfg.dataset])
+    model = TextModel.from_pretrained(cfg.text, labels=cfg.label_names)
     full = model.state_dict()
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(trained - set(state))
@@ -136,7 +135,7 @@ def merged_lora_state(cfg: RunConfig, state: dict[str, torch.Tensor]) -> dict[st
     kwargs = {k: v for k, v in model_kwargs(cfg.text, model_config).items() if k != "dtype"}
     with torch.device("meta"):
         model = TextModel(build_encoder(model_config, **kwargs), load_tokenizer(cfg.text.model),
-                          cfg.text, LABELS[cfg.dataset])
+                          cfg.text, cfg.label_names)
         model.prepare_finetune()
     model.load_state_dict(state, strict=True, assign=True)
     model.merge_adapters()

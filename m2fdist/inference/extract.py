@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from m2fdist.common import atomic
-from m2fdist.common.labels import LABELS
 from m2fdist.common.modalities import NAMES as MODALITIES
 from m2fdist.common.modalities import members_for
 from m2fdist.common.progress import bar as progress_bar
@@ -139,7 +138,7 @@ def run(cfg: ExtractConfig) -> None:
             largest = seen
             meta = {"dataset": cfg.dataset, "split": split, "dialog": dialog, "keys": keys}
             writer.write(make_key(cfg.dataset, split, "dialog", str(dialog)), meta, {**feats, "labels": y})
-            labels.update(LABELS[cfg.dataset][int(v)] for v in y)
+            labels.update(cfg.label_names[int(v)] for v in y)
             utterances += len(keys)
             dims = {n: int(v.shape[1]) for n, v in feats.items()}
             bar.update()
@@ -156,7 +155,7 @@ def run(cfg: ExtractConfig) -> None:
 
 def write_features_index(out: Path, cfg: ExtractConfig, world: int) -> None:
     """The features' index.json, from every rank's per-split stats files."""
-    names = list(LABELS[cfg.dataset])
+    names = cfg.label_names
     splits: dict[str, Any] = {}
     dims: dict[str, int] = {}
     for split in cfg.extract.splits:
@@ -172,5 +171,5 @@ def write_features_index(out: Path, cfg: ExtractConfig, world: int) -> None:
             "samples": sum(s["count"] for s in stats), "dialogs": sum(s["count"] for s in stats),
             "utterances": sum(s["utterances"] for s in stats), "labels": {n: labels.get(n, 0) for n in names},
         }
-    write_index(out, "features", cfg.dataset, splits, dims=dims, source=cfg.data.shards,
+    write_index(out, "features", cfg.dataset, names, splits, dims=dims, source=cfg.data.shards,
                 extractors={n: getattr(cfg.extract, n) for n in MODALITIES})

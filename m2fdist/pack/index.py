@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from m2fdist.common.labels import LABELS
 from m2fdist.format.index import write_index
 from m2fdist.pack.writer import stats_path
 
@@ -17,6 +16,7 @@ from m2fdist.pack.writer import stats_path
 def build_index(out: Path, plan_file: dict[str, Any]) -> dict[str, Any]:
     """``out/index.json`` from the plan and every finished shard's stats; returns it."""
     dataset = plan_file["dataset"]
+    names = plan_file["labels"]  # the reader's label set, in label_id order
     splits: dict[str, dict[str, Any]] = {}
     skipped = list(plan_file["skipped"])
     trimmed: list[dict] = []
@@ -31,8 +31,8 @@ def build_index(out: Path, plan_file: dict[str, Any]) -> dict[str, Any]:
         skipped += stats["skipped"]
         trimmed += stats["trimmed"]
     for entry in splits.values():
-        entry["labels"] = {name: entry["labels"].get(name, 0) for name in LABELS[dataset]}
+        entry["labels"] = {name: entry["labels"].get(name, 0) for name in names}
     reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
-    return write_index(out, "utterances", dataset, splits, options=plan_file["options"],
+    return write_index(out, "utterances", dataset, names, splits, options=plan_file["options"],
                        fingerprint=plan_file["fingerprint"], skipped=skipped,
                        skipped_by_reason=dict(reasons.most_common()), trimmed=trimmed)

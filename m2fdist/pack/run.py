@@ -92,6 +92,7 @@ def pack(
         "shards": [{"name": p.name, "split": p.split, "planned": len(p.utterances), "est_bytes": p.est_bytes}
                    for p in plans],
         "skipped": [s.to_json() for s in corpus.skipped],
+        "labels": list(corpus.labels),  # index.json's label_names: the corpus's set in label_id order
     }
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan_file, overwrite)

@@ -70,10 +70,15 @@ class Skip:
 
 @dataclass
 class Corpus:
-    """A reader's result: per split, utterances grouped by dialog in order, plus the skips."""
+    """A reader's result: per split, utterances grouped by dialog in order, plus the skips.
+
+    ``labels`` names the classes in ``label_id`` order: what the shards' index.json will say (MELD's and IEMOCAP's
+    fixed sets, a manifest's own); empty for a corpus read for prediction, which has none.
+    """
     dataset: str
     splits: dict[str, list[list[Utterance]]]
     skipped: list[Skip]
+    labels: tuple[str, ...] = ()
 
     def utterances(self, split: str) -> list[Utterance]:
         return [u for dialog in self.splits.get(split, []) for u in dialog]

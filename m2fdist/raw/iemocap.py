@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from m2fdist.common.labels import label_id
+from m2fdist.common.labels import IEMOCAP_LABELS, label_id
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
 
 _EVAL = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t")
@@ -111,7 +111,7 @@ def read_iemocap(
             s.split = "test" if number == test_session else ("dev" if s.dialog in dev else "train")
     for dialogs in splits.values():
         add_context(dialogs, context)
-    return Corpus("iemocap", {k: v for k, v in splits.items() if v}, skipped)
+    return Corpus("iemocap", {k: v for k, v in splits.items() if v}, skipped, IEMOCAP_LABELS)
 
 
 def _read_dialog(session: Path, dialog: str, eval_file: Path, skipped: list[Skip],

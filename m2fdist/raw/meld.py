@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from m2fdist.common.labels import label_id
+from m2fdist.common.labels import MELD_LABELS, label_id
 from m2fdist.raw.base import Corpus, Skip, Utterance, add_context, make_key
 
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
@@ -127,7 +127,7 @@ def read_meld(root: Path, context: int = 8, splits: tuple[str, ...] = ("train", 
         skipped += split_skips
     if not result:
         raise FileNotFoundError(f"no MELD CSV ({', '.join(CSV_NAMES.values())}) under {root}")
-    return Corpus("meld", result, skipped)
+    return Corpus("meld", result, skipped, MELD_LABELS)
 
 
 def read_rows(csv_path: Path, require_labels: bool = True) -> tuple[int, list[tuple[int, dict[str, str | None] | str]]]:

@@ -19,7 +19,13 @@ SPLITS = {
     "meld": "MELD's own train / dev / test splits (1038 / 114 / 280 dialogs in the full corpus).",
     "iemocap": "IEMOCAP sessions 1–4 train, with a seeded 10% of their dialogs held out as dev; session 5 is test. "
                "The six ERC labels are kept (neu, hap, sad, ang, exc, fru); other turns are left out.",
+    "manifest": "labelled dialogs of a CSV / JSONL manifest (`m2fdist pack manifest`), in the train / dev / test "
+                "splits it gives (or with a seeded fraction of its dialogs held out as dev); the label set is its own.",
 }
+TITLES = {"meld": "MELD", "iemocap": "IEMOCAP", "manifest": "a manifest corpus"}
+# What the training dialogs were, for the card's intended use: a manifest corpus is whatever its author packed.
+KINDS = {"meld": "English, scripted TV scenes", "iemocap": "English, acted dyadic sessions",
+         "manifest": "the manifest's own dialogs"}
 
 
 def _front_matter(config: dict[str, Any]) -> list[str]:
@@ -84,7 +90,7 @@ def model_card(config: dict[str, Any], metas: dict[str, dict[str, Any]], report:
               "An M2FNet model (Chudasama et al., CVPR 2022 MULA workshop, arXiv 2206.02187) trained with m2fdist. "
               f"It gives every utterance of a dialog one of {len(labels)} emotions: {', '.join(labels)}. "
               f"It reads each utterance's {reads}" + (" with its neighbours' text." if "T" in mods else "."), "",
-              "## Data", "", f"Trained on {dataset.upper()}: {SPLITS.get(dataset, '')}",
+              "## Data", "", f"Trained on {TITLES.get(dataset, dataset)}: {SPLITS.get(dataset, '')}",
               "Shards packed from it with `m2fdist pack`; the checkpoint of each stage was chosen by dev weighted F1.",
               "", "## Configuration", "", *_config_rows(metas), ""]
     if report is not None:
@@ -99,9 +105,8 @@ def model_card(config: dict[str, Any], metas: dict[str, dict[str, Any]], report:
               "for utt in model.predict(dialogs)[0]:", '    print(utt["emotion"], utt["probs"])', "```", "",
               "Or `m2fdist predict --model PATH --manifest dialogs.csv`.", "",
               "## Intended use and limits", "",
-              "- Research on emotion recognition in conversation: scoring dialogs like the training data (English, "
-              f"{'scripted TV scenes' if dataset == 'meld' else 'acted dyadic sessions'}), comparing with M2FNet's "
-              "published numbers, ablations.",
+              "- Research on emotion recognition in conversation: scoring dialogs like the training data "
+              f"({KINDS.get(dataset, 'its own dialogs')}), comparing with M2FNet's published numbers, ablations.",
               "- Not for decisions about people (hiring, health, policing, surveillance): emotion labels from "
               "acted or scripted speech do not transfer reliably to real people, cultures or recording conditions.",
               "- Its labels are the training corpus's; an utterance showing another emotion still gets one of them.",

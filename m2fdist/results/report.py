@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from m2fdist.common import atomic
-from m2fdist.common.labels import LABELS
+from m2fdist.common.labels import run_labels
 from m2fdist.common.modalities import NAME_OF as MODALITY_NAMES
 from m2fdist.common.modalities import NAMES
 from m2fdist.config.load import run_config
@@ -95,7 +95,7 @@ def write_report(runs: Path) -> Path:
     modalities = covered(stage, cfg)
     dataset = cfg["dataset"]
 
-    names = list(LABELS[dataset])
+    names = run_labels(dataset, cfg.get("labels"))  # what the run trained on: its shards' label_names
     scores, scored = shipped_scores(runs, stage, main)
     splits = {}
     for split, m in scores.items():

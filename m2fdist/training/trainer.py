@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from m2fdist.common import atomic, progress
+from m2fdist.common.labels import run_labels
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
@@ -64,6 +65,8 @@ def check_resume(cfg: RunConfig) -> None:
     saved = checkpoint.saved_config(*found) if found else None
     if saved is None:
         return
+    if "labels" not in saved:  # saved before configs recorded their labels: MELD's or IEMOCAP's fixed set then
+        saved["labels"] = run_labels(saved.get("dataset", ""), [])
     harmless, breaking = checkpoint.config_changes(saved, cfg.to_dict())
     if harmless and int(os.environ.get("RANK", 0)) == 0:
         print("resume: config changed since the checkpoint: " + "; ".join(harmless), file=sys.stderr)

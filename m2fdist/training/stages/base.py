@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from m2fdist.common.labels import LABELS
 from m2fdist.common.modalities import NAMES, members_for
 from m2fdist.config.checks import read_policy
 from m2fdist.config.schema import RunConfig
@@ -35,7 +34,7 @@ class Stage:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.names = list(LABELS[cfg.dataset])
+        self.names = cfg.label_names  # from the shards' index.json (config.checks.resolve_labels)
 
     # -- model ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
