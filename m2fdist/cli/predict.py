@@ -2,7 +2,8 @@
 
 MODEL is an exported M2FNet bundle (the pipeline writes it as ``RUNS/model``; ``M2FNet.save_pretrained``
 writes the same): ``text/``, ``audio/``, ``visual/``, ``fusion/`` stage exports, or ``text/`` alone for a
-text-only model. Its labels are the ones it was trained with (MELD's seven, IEMOCAP's six).
+text-only model. Its labels are the ones it was trained with (MELD's seven, IEMOCAP's six, a manifest
+corpus's own).
 
 Input is a CSV or JSONL manifest (columns dialog, utt, speaker, text, video, audio, start, end; any folder
 layout, paths relative to the manifest) or a raw tree in MELD's or IEMOCAP's layout (the Emotion column may be
@@ -32,6 +33,9 @@ def read_input(model: M2FNet, manifest: Path | None, root: Path | None, layout: 
     if manifest is not None:
         return read_manifest(manifest, needs=model.needs)
     layout = layout or model.dataset
+    if layout not in ("meld", "iemocap"):  # a manifest-trained model, or --layout manifest: no tree to read
+        raise ValueError("--root reads a tree in MELD's or IEMOCAP's layout (--layout meld|iemocap); dialogs in "
+                         "any other layout are given as --manifest FILE")
     unlabelled = {"require_labels": False} if layout == "meld" else {}  # MELD's Emotion column may be empty
     return read_corpus(layout, root, media=bool(model.needs), **unlabelled)
 
@@ -83,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--manifest", type=Path, help="CSV or JSONL: dialog, utt, speaker, text, video, audio, start, "
                      "end (paths relative to the manifest's folder)")
     src.add_argument("--root", type=Path, help="a raw tree in MELD's or IEMOCAP's layout")
-    p.add_argument("--layout", choices=sorted(READERS), default=None,
+    p.add_argument("--layout", choices=sorted(set(READERS) - {"manifest"}), default=None,
                    help="--root's layout (default: that of the dataset the model was trained on)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", type=Path, default=None, help="default: standard output")

@@ -81,6 +81,8 @@ def pack(
     part_i, part_n = parse_part(part)
     root, out = Path(root).resolve(), Path(out)
     corpus = read_corpus(dataset, root, context=context, media=options.media, **(reader_options or {}))
+    if root.is_file():  # a manifest: samples name their files relative to its folder, as its rows do
+        root = root.parent
     plans = plan_shards(
         corpus, max_count=max_count, max_bytes=int(max_mb * 2**20),
         max_side=options.max_side, max_seconds=options.max_seconds, media=options.media,

@@ -1,4 +1,8 @@
-"""Readers of raw corpora: they pair annotations with media files and record what they leave out."""
+"""Readers of raw corpora: they pair annotations with media files and record what they leave out.
+
+``manifest`` is anyone's labelled dialogs in a CSV / JSONL manifest (:mod:`m2fdist.raw.labelled`); its "root" is
+the manifest file.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from typing import Any
 
 from m2fdist.raw.base import Corpus, Skip, Utterance
 from m2fdist.raw.iemocap import read_iemocap
+from m2fdist.raw.labelled import read_labelled_manifest
 from m2fdist.raw.meld import read_meld
 
-READERS = {"meld": read_meld, "iemocap": read_iemocap}
+READERS = {"meld": read_meld, "iemocap": read_iemocap, "manifest": read_labelled_manifest}
 
 
 def read_corpus(dataset: str, root: Path, **options: Any) -> Corpus:
@@ -19,4 +24,5 @@ def read_corpus(dataset: str, root: Path, **options: Any) -> Corpus:
     return READERS[dataset](Path(root), **options)
 
 
-__all__ = ["Corpus", "Skip", "Utterance", "read_corpus", "read_meld", "read_iemocap", "READERS"]
+__all__ = ["Corpus", "Skip", "Utterance", "read_corpus", "read_meld", "read_iemocap", "read_labelled_manifest",
+           "READERS"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,8 @@ def utterance(fields: Mapping[str, Any], base: Path, needs: str) -> Utterance:
                      audio=str(audio) if audio else None, cut_start=start, cut_end=end)
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
-    """(line, fields) per row, or (line, why the line is not a row)."""
+def _rows(path: Path, required: tuple[str, ...] = REQUIRED) -> Iterable[tuple[int, dict[str, Any] | str]]:
+    """(line, fields) per row, or (line, why the line is not a row); a CSV must have the ``required`` columns."""
     text = decode_csv_bytes(path.read_bytes())
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         for n, line in enumerate(text.splitlines(), 1):
@@ -111,8 +111,10 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
     if not names:
         raise ValueError(f"{path}: empty (no header row)")
     header = [h.strip().lower() for h in names]
-    if missing := [c for c in REQUIRED if c not in header]:
-        raise ValueError(f"{path}: missing columns {missing}; a manifest has {', '.join(REQUIRED + OPTIONAL)}")
+    if missing := [c for c in required if c not in header]:
+        more = required[len(REQUIRED):]
+        raise ValueError(f"{path}: missing columns {missing}; a manifest has {', '.join(REQUIRED + OPTIONAL)}"
+                         + (f", and for training {', '.join(more)}" if more else ""))
     for line, row in rows:
         if isinstance(row, str):
             yield line, row
@@ -122,19 +124,33 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
             yield line, {h: row[n] for h, n in zip(header, names, strict=True)}
 
 
-def read_manifest(path: Path, needs: str = "AV", context: int = 8) -> Corpus:
-    """The manifest's dialogs (in order of first appearance, each ordered by ``utt``) and its skipped rows.
+# A row's fields beyond predict's: the labelled reader's hook gives them (label, split) or raises ValueError (a skip).
+Fields = Callable[[dict[str, Any]], dict[str, Any]]
 
-    The corpus has one split, ``""``: a manifest says nothing about splits.
-    """
+
+def check_path(path: Path) -> Path:
+    """``path`` as a manifest file, or the error that says why it is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} not found")
     if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
         raise ValueError(f"{path}: a manifest is a .csv or .jsonl file")
+    return path
+
+
+def read_dialogs(path: Path, needs: str, fields: Fields | None = None, same: tuple[str, ...] = (),
+                 required: tuple[str, ...] = REQUIRED) -> tuple[list[list[Utterance]], list[Skip]]:
+    """The manifest's dialogs (in order of first appearance, each ordered by ``utt``) and its skipped rows.
+
+    ``fields(row)`` adds attributes to each row's utterance (or raises ValueError: the row is a skip); those named
+    in ``same`` must agree across a dialog's rows (a dialog lies in one split), else the later row is a skip.
+    """
+    path = check_path(path)
     dialogs: dict[str, dict[int, Utterance]] = {}
+    first: dict[str, tuple[int, dict[str, Any]]] = {}  # dialog -> (line, fields) of its first row
+    lines: dict[tuple[str, int], int] = {}
     skipped: list[Skip] = []
-    for line, row in _rows(path):
+    for line, row in _rows(path, required):
         where = f"{path.name}:{line}"
         if isinstance(row, str):
             skipped.append(Skip("manifest", None, row, source=where))
@@ -146,16 +162,35 @@ def read_manifest(path: Path, needs: str = "AV", context: int = 8) -> Corpus:
                 raise ValueError("no dialog id")
             if not utt.lstrip("-").isdigit():
                 raise ValueError(f"utt {utt!r} is not an integer (the utterance's position in its dialog)")
-            if int(utt) in dialogs.get(dialog, {}):
-                raise ValueError(f"dialog {dialog!r} already has an utterance {int(utt)}")
+            if (dialog, int(utt)) in lines:
+                raise ValueError(f"duplicate utterance (dialog {dialog!r} already has an utterance {int(utt)}, at "
+                                 f"line {lines[dialog, int(utt)]})")
+            extra = fields(row) if fields else {}
+            skip.split = extra.get("split")
+            if dialog in first and (mismatch := [k for k in same if extra[k] != first[dialog][1][k]]):
+                k, (at, had) = mismatch[0], first[dialog]
+                raise ValueError(f"dialog in two {k}s (this row says {extra[k]!r}; dialog {dialog!r} is in "
+                                 f"{had[k]!r}, as line {at} says)")
             u = utterance(row, path.parent, needs)
         except ValueError as e:
             skip.reason = str(e)
             skipped.append(skip)
             continue
+        for k, v in extra.items():
+            setattr(u, k, v)
         u.dialog, u.utt, u.extra["source"] = dialog, str(int(utt)), where
         dialogs.setdefault(dialog, {})[int(utt)] = u
-    ordered = [[d[i] for i in sorted(d)] for d in dialogs.values()]
+        first.setdefault(dialog, (line, extra))
+        lines[dialog, int(utt)] = line
+    return [[d[i] for i in sorted(d)] for d in dialogs.values()], skipped
+
+
+def read_manifest(path: Path, needs: str = "AV", context: int = 8) -> Corpus:
+    """The manifest's dialogs (in order of first appearance, each ordered by ``utt``) and its skipped rows.
+
+    The corpus has one split, ``""``: a manifest read for prediction says nothing about splits or labels.
+    """
+    ordered, skipped = read_dialogs(path, needs)
     for di, d in enumerate(ordered):
         for ui, u in enumerate(d):
             u.key = f"d{di}_u{ui}"

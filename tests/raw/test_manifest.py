@@ -41,7 +41,7 @@ def test_csv_manifest_rows_and_skips(tmp_path):
     reasons = {s.source: s.reason for s in corpus.skipped}
     assert reasons == {"m.csv:4": "no text",
                        "m.csv:5": "utt 'one' is not an integer (the utterance's position in its dialog)",
-                       "m.csv:6": "dialog 'x' already has an utterance 1",
+                       "m.csv:6": "duplicate utterance (dialog 'x' already has an utterance 1, at line 2)",
                        "m.csv:7": f"video file missing: {root / 'deep' / 'gone.mp4'}",
                        "m.csv:8": "no media: this model reads audio and video; give an mp4 (video), or a video "
                                   "and a wav (audio)"}
