@@ -22,7 +22,7 @@ from typing import Any
 from m2fdist.common.labels import MANIFEST, check_label_names
 from m2fdist.raw.base import Corpus, Utterance, add_context, make_key
 from m2fdist.raw.iemocap import dev_dialogs
-from m2fdist.raw.manifest import REQUIRED, read_dialogs
+from m2fdist.raw.manifest import REQUIRED, Fields, read_dialogs
 
 SPLITS = ("train", "dev", "test")
 TRAINING = ("label",)  # columns a training manifest adds to predict's (split is optional with --dev-fraction)
@@ -32,7 +32,7 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
     """``--labels a,b,c`` → ("a", "b", "c"); None or "" leaves the label set to the data."""
     if not text:
         return None
-    return tuple(check_label_names([x.strip() for x in text.split(",")], "--labels'"))
+    return tuple(check_label_names([x.strip() for x in text.split(",")], "--labels:"))
 
 
 def _field(value: Any) -> str:
@@ -42,7 +42,7 @@ def _field(value: Any) -> str:
     return str(value).strip()
 
 
-def _row_fields(labels: tuple[str, ...] | None, dev_fraction: float | None) -> Any:
+def _row_fields(labels: tuple[str, ...] | None, dev_fraction: float | None) -> Fields:
     """The hook :func:`~m2fdist.raw.manifest.read_dialogs` calls per row: its label and split, or why not."""
     def fields(row: dict[str, Any]) -> dict[str, Any]:
         label = _field(row.get("label"))
@@ -66,7 +66,7 @@ def read_labelled_manifest(path: Path, context: int = 8, media: bool = True, lab
 
     ``media=False`` (text-only packing) reads the text alone: media columns are ignored, their files need not exist.
     """
-    chosen = tuple(check_label_names(list(labels), "--labels'")) if labels else None
+    chosen = tuple(check_label_names(list(labels), "--labels:")) if labels else None
     if dev_fraction is not None and not 0 < dev_fraction < 1:
         raise ValueError(f"--dev-fraction must be between 0 and 1 (exclusive), not {dev_fraction}")
     dialogs, skipped = read_dialogs(Path(path), "AV" if media else "", _row_fields(chosen, dev_fraction),

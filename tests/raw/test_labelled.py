@@ -67,9 +67,9 @@ def test_labels_given_fix_the_ids_and_refuse_others(tmp_path):
     reasons = {s.source: s.reason for s in corpus.skipped}
     assert reasons["calls.jsonl:8"] == "label 'furious' is not one of --labels joyful,tense,calm"
     assert reasons["calls.jsonl:11"] == "label '3' is not one of --labels joyful,tense,calm"
-    with pytest.raises(ValueError, match="--labels' labels name 'a' more than once"):
+    with pytest.raises(ValueError, match="--labels: labels name 'a' more than once"):
         parse_labels("a,b,a")
-    with pytest.raises(ValueError, match="--labels' labels must be a non-empty list"):
+    with pytest.raises(ValueError, match="--labels: labels must be a non-empty list"):
         parse_labels("a,,b")
 
 
