@@ -256,3 +256,26 @@ def test_a_broken_bundle_is_one_line_through_predict(text_export, tmp_path, caps
             assert rc == 0 and rows[0]["emotion"] in LABELS["meld"] and rows[1]["skipped"] == (
                 "m.csv:3: field text is 200,000 characters, past the 131,072 a field may hold")
         path.unlink() if good is None else path.write_bytes(good)
+
+
+def test_an_export_scores_only_shards_naming_its_labels(text_export, tmp_path):
+    """Two manifest corpora may share a dataset name and not a label set: scoring one's model on the other's
+    shards would read every label id as another class."""
+    import shutil
+
+    from m2fdist.inference.evaluate import evaluate_export
+
+    mine = [f"mood{i}" for i in range(len(LABELS["meld"]))]
+    model = tmp_path / "model"
+    shutil.copytree(text_export, model)
+    meta = json.loads((model / CONFIG).read_text())
+    meta["run"].update(dataset="manifest", labels=mine)
+    meta["labels"] = mine
+    (model / CONFIG).write_text(json.dumps(meta))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    index = {"format": 1, "kind": "utterances", "dataset": "manifest", "label_names": mine[::-1],
+             "splits": {"dev": {"shards": [], "samples": 0, "dialogs": 0}}}
+    (shards / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"names the labels \['mood6', .*; the model predicts \['mood0'"):
+        evaluate_export(model, shards, "dev")
