@@ -4,7 +4,8 @@ The fp32 weights are rebuilt from the ZeRO shards (any stage, ZeRO-3 included) b
 the text stage also saves its model's config and tokenizer, so the export loads anywhere without the original
 checkpoint or the hub. A text model fine-tuned with LoRA is exported merged (W + B·A·alpha/r folded into the
 base weights): the export is a plain model of the base's architecture that loads without peft and runs as
-fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inference.load` reads it back).
+fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inference.load` reads it back); its
+config.json records the sha256 of its weights (``weights_sha256``), its identity for what is made from it.
 """
 
 from __future__ import annotations
