@@ -561,7 +561,8 @@ def test_text_only_bundle_predicts_without_media(text_run, meld_raw, tmp_path, c
     shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
     write_report(runs)
     bundle = write_bundle(runs)
-    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "text"]
+    # report.json: the scores its card shows, kept so that publishing can write the card anew
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "report.json", "text"]
     assert "It reads each utterance's text with its neighbours' text." in (bundle / "README.md").read_text()
     model = M2FNet.from_pretrained(bundle)
     assert model.needs == "" and list(model.exports) == ["text"]
