@@ -17,7 +17,6 @@ those file types. ``m2fdist predict`` runs through this class, so the CLI and th
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,18 +33,21 @@ from m2fdist.faces.faceset import FaceSet, FaceSettings
 from m2fdist.format.exports import (
     BUNDLE_PARTS,
     CONFIG,
+    REPORT,
     WEIGHTS,
-    bundle_parts,
+    bundle_config,
     is_export,
     labels_of,
+    public_meta,
     read_json,
     read_meta,
 )
+from m2fdist.format.lineage import MADE_FROM, WEIGHTS_SHA, file_sha256
 from m2fdist.inference.load import load_exported
 from m2fdist.inference.predict import needs_of, predict_dialog, preparation
 from m2fdist.raw.base import Corpus, add_context
 from m2fdist.raw.manifest import utterance
-from m2fdist.results.card import model_card
+from m2fdist.results.card import model_card, public_report
 from m2fdist.runtime.devices import resolve_device
 
 # What a Hub download may fetch: weights, configs, tokenizer vocabularies and the card. Never pickles or code.
@@ -56,9 +58,11 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
              tags=["emotion-recognition-in-conversation", "multimodal", "m2fnet"]):
     """An exported M2FNet: its stage models, their saved configs, its labels and its model card."""
     def __init__(self, exports: dict[str, tuple[Any, Any]], metas: dict[str, dict[str, Any]],
-                 card: str | None = None, encoder_config: dict[str, Any] | None = None):
-
+                 card: str | None = None, encoder_config: dict[str, Any] | None = None,
+                 report: dict[str, Any] | None = None):
+        # card: the README.md as found, to read; publishing writes a card anew from metas and report
         self.exports, self.metas, self.card, self.encoder_config = exports, metas, card, encoder_config
+        self.report = public_report(report) if report is not None else None
         main = metas.get("fusion") or metas["text"]
         self.dataset: str = main["run"]["dataset"]
         self.labels: list[str] = labels_of(main)
@@ -70,82 +74,86 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
     # -- loading and saving ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> M2FNet:
-        """A bundle from a local folder or a Hub repository (``device="cpu" | "cuda" | "auto"``)."""
-        name = str(pretrained_model_name_or_path)
-        if not Path(name).is_dir() and looks_local(name):
-            raise FileNotFoundError(f"{name} is not a model folder (a bundle such as RUNS/model, or a Hub id)")
-        # huggingface_hub's mixin reads config.json first (json.load, then .items()): a local one is checked here,
-        # a downloaded one where the mixin fails, so that a broken one is one line naming it, not a traceback
-        local, own = Path(name).is_dir(), Path(name) / CONFIG
-        if local and own.is_file() and not isinstance(read_json(own), dict):
-            raise ValueError(f"{own}: not a bundle's config (a JSON object with its dataset, labels and parts)")
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except (json.JSONDecodeError, RecursionError):
-            if local:  # not the bundle's config.json, checked above
-                raise
-            raise ValueError(f"{name}: the Hub repository's {CONFIG} is not JSON") from None
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, token: str | bool | None = None,
+                        device: str = "cpu") -> M2FNet:
+        """A bundle from a local folder or a Hub repository (``device="cpu" | "cuda" | "auto"``).
 
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
-                         local_files_only: bool, token: Any, device: str = "cpu", **_: Any) -> M2FNet:
-        path = Path(model_id)
+        Not huggingface_hub's own: that one reads config.json itself (``json.load``, unbounded, a traceback for
+        a broken one) before this class reads it again. Here a Hub repository is downloaded (weights, configs,
+        tokenizer files and the card only) and the folder loaded like a local one, its config read once.
+        """
+        name = str(pretrained_model_name_or_path)
+        path = Path(name)
         if not path.is_dir():
-            path = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir, token=token,
+            if looks_local(name):
+                raise FileNotFoundError(f"{name} is not a model folder (a bundle such as RUNS/model, or a Hub id)")
+            path = Path(snapshot_download(repo_id=name, revision=revision, cache_dir=cache_dir, token=token,
                                           force_download=force_download, local_files_only=local_files_only,
                                           allow_patterns=SAFE_FILES))
         return cls.load(path, device)
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> M2FNet:
-        """A bundle folder, or a text stage's export alone (a text-only model)."""
+        """A bundle folder, or a text stage's export alone (a text-only model). Each config is read once."""
         path, device = Path(path), resolve_device(device)
         if is_export(path):  # one stage's export: only a text classifier predicts on its own
-            meta = read_meta(path)
-            if meta.get("stage") != "text":
-                raise ValueError(f"{path} is the {meta.get('stage')} stage's export; give the bundle (RUNS/model)")
+            own, metas = None, {"text": read_meta(path)}
+            if metas["text"].get("stage") != "text":
+                raise ValueError(f"{path} is the {metas['text'].get('stage')} stage's export; give the bundle "
+                                 "(RUNS/model)")
             roots = {"text": path}
         else:
-            roots = {p: path / p for p in bundle_parts(path)}  # only the parts its config names
-        exports = {"fusion": load_exported(roots["fusion"], device)} if "fusion" in roots else {}
+            own = bundle_config(path)  # only the parts its config names
+            roots = {p: path / p for p in own["parts"]}
+            metas = {p: read_meta(roots[p]) for p in roots}
+        exports = {"fusion": load_exported(roots["fusion"], device, metas["fusion"])} if "fusion" in roots else {}
         mods = exports["fusion"][0].fusion.modalities if exports else ""
         needed = ["text", *(part for m, part in (("A", "audio"), ("V", "visual")) if m in mods)]
         if missing := [p for p in needed if p not in roots]:
             raise FileNotFoundError(f"{path}: the fusion model reads {', '.join(missing)}, but the bundle has no "
                                     f"{', '.join(m + '/' for m in missing)} export")
-        exports.update({p: load_exported(roots[p], device) for p in needed})
+        exports.update({p: load_exported(roots[p], device, metas[p]) for p in needed})
         exports = {p: exports[p] for p in BUNDLE_PARTS if p in exports}  # parts it does not read are not loaded
-        metas = {p: read_meta(roots[p]) for p in exports}
-        own = path / CONFIG if roots.get("text") != path else None
-        model = cls(exports, metas, card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
-                    encoder_config=read_json(roots["text"] / "text_encoder" / CONFIG))
-        if own is not None and own.is_file():
-            said = read_json(own).get("labels")  # an object: bundle_parts read and checked it above
-            if said is not None and said != model.labels:
-                raise ValueError(f"{own}: labels {said} differ from the model's {model.labels}")
+        report = read_json(path / REPORT) if own is not None and (path / REPORT).is_file() else None
+        if report is not None and not isinstance(report, dict):
+            raise ValueError(f"{path / REPORT}: not a report (a JSON object of scores)")
+        model = cls(exports, {p: metas[p] for p in exports},
+                    card=(path / "README.md").read_text() if (path / "README.md").is_file() else None,
+                    encoder_config=read_json(roots["text"] / "text_encoder" / CONFIG), report=report)
+        if own is not None and own.get("labels") is not None and own["labels"] != model.labels:
+            raise ValueError(f"{path / CONFIG}: labels {own['labels']} differ from the model's {model.labels}")
         return model
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The bundle layout: per part model.safetensors + config.json (+ the text encoder's config and
-        tokenizer), the bundle's config.json and its model card."""
-
-
+        tokenizer), the bundle's config.json, the report its card shows, and the card, written anew."""
+        made_from = {}
         for part, (_, module) in self.exports.items():
             folder = Path(save_directory) / part
             folder.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()},
                       str(folder / WEIGHTS))
-            atomic.write_json(folder / CONFIG, self.metas[part])
+            # this file's own identity (its bytes need not be the loaded file's), through public_meta once more
+            meta = {**public_meta(self.metas[part]), WEIGHTS_SHA: file_sha256(folder / WEIGHTS)}
+            atomic.write_json(folder / CONFIG, meta)
+            made_from[part] = f"sha256:{meta[WEIGHTS_SHA]}"
             if part == "text":
                 module.tokenizer.save_pretrained(folder / "text_encoder")
                 atomic.write_json(folder / "text_encoder" / CONFIG, self.encoder_config, indent=2)
-        atomic.write_json(Path(save_directory) / CONFIG, self.config)
-        atomic.write_text(Path(save_directory) / "README.md", self.card or model_card(self.config, self.metas, None))
+        atomic.write_json(Path(save_directory) / CONFIG, {**self.config, MADE_FROM: made_from})
+        if self.report is not None:
+            atomic.write_json(Path(save_directory) / REPORT, self.report)
+        atomic.write_text(Path(save_directory) / "README.md", self.model_card())
+
+    def model_card(self) -> str:
+        """The card publishing writes: generated from the parts' configs and the report, never the card as
+        found (an older one may name local paths, shard URLs or commands)."""
+        return model_card(self.config, self.metas, self.report)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-
-        return ModelCard(self.card or model_card(self.config, self.metas, None))
+        return ModelCard(self.model_card())
 
     def to(self, device: str) -> M2FNet:
         device = resolve_device(device)

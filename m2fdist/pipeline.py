@@ -3,8 +3,10 @@
 With ``modalities: text`` it packs the annotations alone and runs text → report.
 
 Each stage is one deepspeed launch with the configured number of processes. A stage whose output is
-complete (its ``final.json``, an export, a features index) is skipped; an interrupted stage is launched
-again with ``resume=auto`` and continues from its last checkpoint. A stage's whole output goes to its
+complete (its ``final.json``, an export, a features index) is skipped if it was made from what is there now
+(:mod:`m2fdist.format.lineage`: a retrained text stage's new export makes extraction, fusion and the ablations
+run again, and the console says why); an interrupted stage is launched again with ``resume=auto`` and
+continues from its last checkpoint. A stage's whole output goes to its
 ``.log``; its progress and evaluation lines are shown on the console as they come, prefixed with its name.
 
 With ``seeds=[0,1,2]`` the training stages (and extraction, which reads their models) run once per seed
@@ -17,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from m2fdist.common.errors import RunFailed
 from m2fdist.common.modalities import NAMES, STAGES
@@ -32,6 +36,7 @@ from m2fdist.config.load import merge
 from m2fdist.config.trial import SWEEP_ENV
 from m2fdist.data.texts import shard_texts
 from m2fdist.format.exports import is_export
+from m2fdist.format.lineage import MADE_FROM, changes, export_id, read_record, shards_id, write_record
 from m2fdist.inference.export import export
 from m2fdist.models.tiny_text import build_tiny_roberta
 from m2fdist.pack import PackOptions, pack
@@ -103,6 +108,7 @@ class Pipeline:
         self.cfg = cfg
         self.media = cfg.modalities != "text"  # False: text stage → report
         self.runs = Path(cfg.runs)
+        self.remade: set[str] = set()  # the shards / features folders (re)written by this run, for old products
         self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
         # the stages are steps of one run, not sweep trials: each trains into the folder the pipeline names
         # (m2fdist.config.trial would nest it under the agent's ids, where the pipeline's next step never looks)
@@ -188,18 +194,27 @@ class Pipeline:
             raise ConfigError(f"{c.shards} holds no index.json and `raw` is not set: nothing to pack")
 
         self.say(f"packing {c.raw} → {c.shards}")
+        self.remade.add(str(c.shards))
         pack(c.dataset, Path(c.raw), Path(c.shards), workers=c.pack_workers,
              options=PackOptions(max_side=c.max_side, modalities=c.modalities))
 
     def train(self, stage: str, config: str, overrides: list[str], out: Path | None = None) -> None:
+        """Train one stage into ``out``, unless it finished earlier on the same data (:meth:`current`)."""
         out = out or self.runs / stage
-        if (out / "final.json").is_file():
-            self.say(f"{out.name}: finished earlier, skipped")
-            return
+        extra = self.cfg.overrides.get(stage, [])
+        data = next((o.split("=", 1)[1] for o in reversed([*overrides, *extra]) if o.startswith("data.shards=")), "")
+        inputs = {"data.shards": shards_id(data)} if data else {}
+        if (out / "final.json").is_file() or (out / "checkpoints").is_dir():
+            if self.current(out, inputs, data) and (out / "final.json").is_file():
+                self.say(f"{out.name}: finished earlier, skipped")
+                return
+        if is_export(out / "export"):  # an export of an earlier checkpoint than the one this launch will end at
+            shutil.rmtree(out / "export")
+        write_record(out, inputs)
+        self.remade.add(out.name)
         resuming = (out / "checkpoints" / "latest").is_file()
         self.say(f"{out.name}: training ({'resuming' if resuming else 'from scratch'}) on {self.cfg.num_gpus} "
                  f"processes; log {out}.log")
-        extra = self.cfg.overrides.get(stage, [])
         start = time.time()
         self.launch("launch/train.py", config, [*overrides, f"output_dir={out}", "resume=auto", *extra],
                     out.with_suffix(".log"))
@@ -208,6 +223,26 @@ class Pipeline:
                            for split, m in final["metrics"].items())
         self.say(f"{out.name}: {scores} at {final.get('scored_tag')}, {final.get('scored', 'best on dev')} "
                  f"({time.time() - start:.0f} s)")
+
+    def current(self, out: Path, inputs: dict[str, Any], data: str) -> bool:
+        """Whether the run in ``out`` was made from ``inputs`` (what its made_from.json records); if not, it is
+        set aside under ``RUNS/stale/`` and the console says why. A run that records nothing (trained by hand, or
+        by an m2fdist before runs recorded their inputs) is current unless this pipeline rewrote its data now."""
+        recorded = read_record(out)
+        if recorded is None:
+            if data not in self.remade:
+                return True
+            why = f"its data {data} was rewritten in this run, and it records no inputs"
+        elif recorded == inputs:
+            return True
+        else:
+            why = "what it was trained on changed (" + "; ".join(changes(recorded, inputs)) + ")"
+        stale = self.runs / "stale" / out.name
+        shutil.rmtree(stale, ignore_errors=True)
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(stale)
+        self.say(f"{out.name}: training again: {why}; the earlier run is now {stale} (delete it to free the space)")
+        return False
 
     def export(self, stage: str) -> None:
         out = self.runs / stage
@@ -222,10 +257,20 @@ class Pipeline:
         self.say(f"model: {self.runs / 'model'} (m2fdist predict --model {self.runs / 'model'} --manifest FILE)")
 
     def extract(self) -> None:
+        """Dialog features from the stage exports, unless they were extracted by these same exports: the index
+        records the exports' identities (``made_from``), and features made by others are extracted again."""
         c = self.cfg
-        if (Path(c.features) / "index.json").is_file():
-            self.say(f"features: {c.features} (extracted)")
-            return
+        index = Path(c.features) / "index.json"
+        now = {s: export_id(self.runs / s / "export") for s in NAMES}
+        if index.is_file():
+            recorded = json.loads(index.read_text()).get(MADE_FROM)
+            if recorded == now or (recorded is None and not {s for s in NAMES if s in self.remade}):
+                self.say(f"features: {c.features} (extracted)")
+                return
+            why = ("; ".join(changes(recorded, now)) if recorded is not None else
+                   "stages were retrained in this run, and the features record no exports")
+            self.say(f"features: extracting again: the exports they were made from changed ({why})")
+        self.remade.add(str(c.features))
         self.say(f"extracting dialog features → {c.features}; log {self.runs / 'extract.log'}")
         overrides = [f"data.shards={c.shards}", f"dataset={c.dataset}", f"extract.out={c.features}",
                      *(f"extract.{s}={self.runs / s / 'export'}" for s in NAMES),

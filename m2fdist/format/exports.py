@@ -25,6 +25,7 @@ from m2fdist.format.source import scheme_of
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+REPORT = "report.json"  # a bundle's copy of the scores its model card shows (results/card.public_report)
 # An audio or visual export's "packing": the pack options that decide what a clip becomes before an extractor
 # sees it, so that prediction prepares raw clips the same way.
 PACKING_KEYS = ("max_side", "max_seconds", "long_clips")
@@ -90,11 +91,13 @@ def labels_of(meta: dict[str, Any]) -> list[str]:
     return check_label_names(labels, "the export's")
 
 
-def bundle_parts(path: Path) -> list[str]:
-    """The parts a bundle's own ``config.json`` names, each checked to be there.
+def bundle_config(path: Path) -> dict[str, Any]:
+    """A bundle's own ``config.json``, read once and checked: a JSON object whose ``parts`` name text and any of
+    the other stages once each, every one of them there; ``parts`` comes back in stage order.
 
-    Only these are ever read: a folder may hold other parts (an earlier run's, copied in by hand), and a model
-    must never be assembled from two runs.
+    Only these parts are ever read: a folder may hold other parts (an earlier run's, copied in by hand), and a
+    model must never be assembled from two runs. The loader passes this config on rather than reading the file
+    again.
     """
     path = Path(path)
     file = path / CONFIG
@@ -102,7 +105,9 @@ def bundle_parts(path: Path) -> list[str]:
         raise FileNotFoundError(f"{path}: no {CONFIG}: give a bundle (the pipeline writes RUNS/model) or a stage "
                                 "export (m2fdist export RUN)")
     config = read_json(file)
-    parts = config.get("parts") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: not a bundle's config (a JSON object with its dataset, labels and parts)")
+    parts = config.get("parts")
     if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts) or "text" not in parts \
             or not set(parts) <= set(BUNDLE_PARTS) \
             or len(set(parts)) != len(parts):
@@ -111,7 +116,12 @@ def bundle_parts(path: Path) -> list[str]:
     if missing := [p for p in parts if not is_export(path / p)]:
         raise FileNotFoundError(f"{path}: its {CONFIG} names {', '.join(missing)}, but there is no "
                                 f"{', '.join(p + '/' + WEIGHTS for p in missing)}")
-    return [p for p in BUNDLE_PARTS if p in parts]
+    return {**config, "parts": [p for p in BUNDLE_PARTS if p in parts]}
+
+
+def bundle_parts(path: Path) -> list[str]:
+    """The parts a bundle's own ``config.json`` names, each checked to be there (:func:`bundle_config`)."""
+    return list(bundle_config(path)["parts"])
 
 
 def resolve_model(path: Path) -> Path:

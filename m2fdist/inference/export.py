@@ -4,7 +4,8 @@ The fp32 weights are rebuilt from the ZeRO shards (any stage, ZeRO-3 included) b
 the text stage also saves its model's config and tokenizer, so the export loads anywhere without the original
 checkpoint or the hub. A text model fine-tuned with LoRA is exported merged (W + B·A·alpha/r folded into the
 base weights): the export is a plain model of the base's architecture that loads without peft and runs as
-fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inference.load` reads it back).
+fast as the base. The export is safetensors and JSON only (:mod:`m2fdist.inference.load` reads it back); its
+config.json records the sha256 of its weights (``weights_sha256``), its identity for what is made from it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from m2fdist.config.load import run_config
 from m2fdist.config.schema import RunConfig
 from m2fdist.format.exports import CONFIG, PACKING_KEYS, WEIGHTS, public_meta
 from m2fdist.format.index import load_index
+from m2fdist.format.lineage import WEIGHTS_SHA, file_sha256
 from m2fdist.format.source import ShardError, ShardSource
 from m2fdist.models.pretrained import build_encoder, load_config, load_tokenizer
 from m2fdist.models.text import TextModel, model_kwargs
@@ -86,6 +88,7 @@ def export(run_dir: Path, tag: str = "best", out: Path | None = None) -> Path:
     tmp = atomic.temp_dir_for(out)
     with atomic.guard_space(out, f"the export of {tag}", partial=[tmp]):  # a full disk: the old export stays
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS))
+        meta[WEIGHTS_SHA] = file_sha256(tmp / WEIGHTS)  # its identity: what products made from it record
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if cfg.stage == "text":
             load_config(cfg.text.model).save_pretrained(tmp / "text_encoder")

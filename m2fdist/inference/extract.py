@@ -8,7 +8,8 @@ Dialogs are spread over ranks (each exactly once) and read in chunks of at most 
 utterances (:mod:`m2fdist.data.chunks`), so memory does not grow with a dialog's length; a dialog's feature
 rows are put together as its chunks come and written when its last utterance has been seen. Face boxes come
 from a face set where one covers a chunk (``visual.faces``, ``m2fdist faces``), else from MTCNN. Each rank
-writes one tar per split, then its stats file as the completion marker, so a rerun skips what is done.
+writes one tar per split, then its stats file as the completion marker, so a rerun skips what is done
+(with the same extractors: the stats record their identities, :mod:`m2fdist.format.lineage`).
 Rank 0 writes ``index.json`` once every rank has finished.
 """
 
@@ -35,6 +36,7 @@ from m2fdist.data.chunks import chunk_loader
 from m2fdist.faces.faceset import FaceSet, FaceSettings, face_boxes, open_faces
 from m2fdist.format.features import FeatureShardWriter
 from m2fdist.format.index import load_index, write_index
+from m2fdist.format.lineage import MADE_FROM, export_id
 from m2fdist.inference.load import load_exported
 from m2fdist.models.device import to_device
 from m2fdist.models.text_config import INPUT_KEYS
@@ -121,11 +123,12 @@ def run(cfg: ExtractConfig) -> None:
         faces = open_faces(cfg.visual.faces, d.shards, settings, verbose=rank == 0)
     # the workers tokenise, as the text stage's do: the main process only runs the models
     tokenise = TokenizeBatch(models["text"].batcher) if "text" in models else None
+    made_from = extractor_ids(cfg)
     for split in cfg.extract.splits:
         if split not in source["splits"]:
             continue
         name = shard_name(split, rank, world)
-        if (out / f"{name}.stats.json").is_file():
+        if _done(out / f"{name}.stats.json", made_from):
             continue
         loader = chunk_loader(d.shards, split, cfg.extract.chunk_utterances, rank, world, d.num_workers,
                               d.num_frames, size, members, read_policy(cfg), tokenise)
@@ -145,16 +148,30 @@ def run(cfg: ExtractConfig) -> None:
         bar.close()
         writer.close()
         stats = {"shard": f"{name}.tar", "split": split, "count": writer.count, "dialogs": writer.count,
-                 "utterances": utterances, "labels": dict(labels), "dims": dims, "largest_chunk": largest}
+                 "utterances": utterances, "labels": dict(labels), "dims": dims, "largest_chunk": largest,
+                 MADE_FROM: made_from}
         atomic.write_json(out / f"{name}.stats.json", stats)
     dist.barrier()
     if rank == 0:
-        write_features_index(out, cfg, world)
+        write_features_index(out, cfg, world, made_from)
     dist.barrier()
 
 
-def write_features_index(out: Path, cfg: ExtractConfig, world: int) -> None:
-    """The features' index.json, from every rank's per-split stats files."""
+def extractor_ids(cfg: ExtractConfig) -> dict[str, str]:
+    """The identity of each export extraction reads (:func:`~m2fdist.format.lineage.export_id`), by modality."""
+    return {n: export_id(Path(getattr(cfg.extract, n))) for n in MODALITIES if getattr(cfg.extract, n)}
+
+
+def _done(stats: Path, made_from: dict[str, str]) -> bool:
+    """A rank's split finished earlier with these same extractors (a split done with others is done again:
+    one features folder never mixes two text models)."""
+    return stats.is_file() and json.loads(stats.read_text()).get(MADE_FROM) == made_from
+
+
+def write_features_index(out: Path, cfg: ExtractConfig, world: int, made_from: dict[str, str] | None = None) -> None:
+    """The features' index.json, from every rank's per-split stats files, with the identities of the exports
+    they were extracted by (``made_from``: what the pipeline compares to re-extract after a stage is retrained)."""
+    made_from = extractor_ids(cfg) if made_from is None else made_from
     names = cfg.label_names
     splits: dict[str, Any] = {}
     dims: dict[str, int] = {}
@@ -172,4 +189,4 @@ def write_features_index(out: Path, cfg: ExtractConfig, world: int) -> None:
             "utterances": sum(s["utterances"] for s in stats), "labels": {n: labels.get(n, 0) for n in names},
         }
     write_index(out, "features", cfg.dataset, names, splits, dims=dims, source=cfg.data.shards,
-                extractors={n: getattr(cfg.extract, n) for n in MODALITIES})
+                extractors={n: getattr(cfg.extract, n) for n in MODALITIES}, made_from=made_from)

@@ -55,10 +55,14 @@ def _checked_build(build: Callable[[], nn.Module], file: Path) -> nn.Module:
     return build()
 
 
-def load_exported(path: Path, device: str = "cpu") -> tuple[RunConfig, nn.Module]:
-    """(config, model in eval mode) from an export folder; the model is built from the export's own configs."""
+def load_exported(path: Path, device: str = "cpu", meta: dict[str, Any] | None = None) -> tuple[RunConfig, nn.Module]:
+    """(config, model in eval mode) from an export folder; the model is built from the export's own configs.
+
+    ``meta``: its config.json as :func:`~m2fdist.format.exports.read_meta` gave it to a caller that has read it
+    already (the API reads each part's once); read here otherwise.
+    """
     path = Path(path)
-    meta = read_meta(path)
+    meta = read_meta(path) if meta is None else meta
     cfg = from_dict(meta["run"], f"{path / CONFIG}")
     labels = labels_of(meta)
     if len(labels) != cfg.num_classes:

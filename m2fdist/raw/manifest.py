@@ -88,7 +88,9 @@ def _rows(path: Path, required: tuple[str, ...] = REQUIRED) -> Iterable[tuple[in
     """(line, fields) per row, or (line, why the line is not a row); a CSV must have the ``required`` columns."""
     text = decode_csv_bytes(path.read_bytes())
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), 1):
+        # "\n" alone ends a JSONL line (a trailing "\r" is JSON whitespace): str.splitlines would also break at
+        # U+2028, U+2029, \x85, \x1c-\x1e, \v and \f, which JSON allows unescaped inside a string
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:

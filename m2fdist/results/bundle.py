@@ -9,8 +9,9 @@ from pathlib import Path
 
 from m2fdist import __version__
 from m2fdist.common import atomic
-from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, is_export, labels_of, read_meta
-from m2fdist.results.card import model_card
+from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, REPORT, is_export, labels_of, read_meta
+from m2fdist.format.lineage import MADE_FROM, export_id
+from m2fdist.results.card import model_card, public_report
 
 
 def write_bundle(runs: Path, out: Path | None = None) -> Path:
@@ -18,7 +19,8 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
 
     A pipeline with a fusion stage ships text, audio, visual and fusion; a text-only pipeline ships text alone
     (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is generated
-    from the exports' configs and, when the pipeline's ``report.json`` exists, its scores; call this again
+    from the exports' configs and, when the pipeline's ``report.json`` exists, its scores (kept in the bundle as
+    ``report.json``, its local paths left out, so that publishing writes the same card anew); call this again
     after the report to refresh the card. The bundle is written whole into a temporary folder beside ``out``
     and then replaces it at once: nothing of an earlier bundle (an earlier run's audio, visual or fusion part)
     survives in it, and a reader never sees a half-written one.
@@ -41,14 +43,24 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
 
 
 def _fill(runs: Path, out: Path, parts: tuple[str, ...], fused: bool) -> None:
-    """The bundle's parts, card and config, into the (empty) folder ``out``."""
+    """The bundle's parts, card and config, into the (empty) folder ``out``.
+
+    Each part's ``config.json`` is written as :func:`~m2fdist.format.exports.read_meta` gives it, not copied: an
+    export written before exports left out local paths, shard URLs and commands still carries them, and a bundle
+    is what goes to colleagues and the Hub. The bundle's config records each part's identity (``made_from``).
+    """
+    metas = {}
     for part in parts:
         shutil.copytree(runs / part / "export", out / part)
-    metas = {p: read_meta(out / p) for p in parts}
+        metas[part] = read_meta(out / part)  # through public_meta: the one sanitiser
+        atomic.write_json(out / part / CONFIG, metas[part])
     main_meta = metas["fusion" if fused else "text"]
     config = {"format": "m2fdist-bundle", "m2fdist": __version__, "dataset": main_meta["run"]["dataset"],
-              "labels": labels_of(main_meta), "parts": list(parts)}
+              "labels": labels_of(main_meta), "parts": list(parts),
+              MADE_FROM: {p: export_id(out / p) for p in parts}}
     report_path = runs / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    report = public_report(json.loads(report_path.read_text())) if report_path.is_file() else None
+    if report is not None:  # the card's scores, kept so that publishing can write the card anew
+        atomic.write_json(out / REPORT, report)
     atomic.write_text(out / "README.md", model_card(config, metas, report))
     atomic.write_json(out / CONFIG, config)

@@ -3,11 +3,13 @@
 A colleague (or the Hub page) reads what the model was trained on, how, how well, and what it is not for,
 without the runs folder it came from. Everything is generated from the exports' saved configs and, when the
 pipeline wrote one, its ``report.json``; a card goes to the Hub, so it names no local path, shard location,
-command or account (the configs are read through :func:`~m2fdist.format.exports.public_meta`).
+command or account (the configs are read through :func:`~m2fdist.format.exports.public_meta`, the report
+through :func:`public_report`). Publishing writes it anew from these, so a card is never re-uploaded as found.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import PurePath
 from typing import Any
 
@@ -60,10 +62,26 @@ def _config_rows(metas: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
-def _scores(report: dict[str, Any], labels: list[str]) -> list[str]:
+def public_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's ``report.json`` as a bundle carries it (``model/report.json``, what its card's scores are
+    made from): the runs folder it names and its figures' local paths left out.
+
+    A bundle keeps it so that publishing (``save_pretrained``, ``push_to_hub``) writes the card anew from the
+    bundle's configs and these scores, never re-uploading a card as it was found (one written before cards
+    left out local paths and shard URLs carried them).
+    """
+    report = copy.deepcopy(report)
     prefix, scored = "the exported model ", str(report.get("scored", ""))
-    if scored.startswith(prefix):  # the report names its runs folder: keep only the export's own part of it
-        report = {**report, "scored": f"{prefix}({'/'.join(PurePath(scored[len(prefix):]).parts[-2:])})"}
+    if scored.startswith(prefix) and not scored.endswith(")"):  # names its runs folder: keep the export's part
+        report["scored"] = f"{prefix}({'/'.join(PurePath(scored[len(prefix):]).parts[-2:])})"
+    for split in (report.get("splits") or {}).values():
+        if isinstance(split, dict) and isinstance(split.get("confusion_png"), str):
+            split["confusion_png"] = PurePath(split["confusion_png"]).name
+    return report
+
+
+def _scores(report: dict[str, Any], labels: list[str]) -> list[str]:
+    report = public_report(report)
     splits = report["splits"]
     lines = ["## Evaluation", "", f"Modalities: {report['modalities']}.", "",
              "| split | accuracy | weighted F1 | macro F1 | utterances |", "|---|---|---|---|---|"]

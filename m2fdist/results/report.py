@@ -30,6 +30,7 @@ from m2fdist.common.modalities import NAME_OF as MODALITY_NAMES
 from m2fdist.common.modalities import NAMES
 from m2fdist.config.load import run_config
 from m2fdist.format.exports import is_export
+from m2fdist.format.lineage import MADE_FROM, export_id, read_record, shards_id
 from m2fdist.inference.evaluate import evaluate_export
 from m2fdist.results import plots
 
@@ -70,18 +71,19 @@ def _selection(final: dict[str, Any]) -> dict[str, Any]:
             "last_metrics": final.get("last", {}).get("metrics", {})}
 
 
-def shipped_scores(runs: Path, stage: str, final: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def shipped_scores(runs: Path, stage: str, final: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The reported model's scores per split, computed from the export that ships (``RUNS/model`` or
     ``RUNS/STAGE/export``) on the shards it was trained on; the training run's own best-checkpoint scores when
-    there is no export yet."""
+    there is no export yet. Also what the scores were made from: the export's and the shards' identities."""
     shards = run_config(runs / stage).data.shards
     candidates = ([runs / "model" / "fusion"] if stage == "fusion" else []) + [runs / stage / "export"]
     for model in candidates:
         if is_export(model):
             scores = {split: evaluate_export(model, shards, split)[0]
                       for split in final["metrics"]}
-            return scores, f"the exported model {model}"
-    return final["metrics"], f"the {stage} run's best checkpoint (not exported yet)"
+            return scores, f"the exported model {model}", {"model": export_id(model), "data": shards_id(shards)}
+    return (final["metrics"], f"the {stage} run's best checkpoint (not exported yet)",
+            {"run": read_record(runs / stage)})
 
 
 def write_report(runs: Path) -> Path:
@@ -96,7 +98,7 @@ def write_report(runs: Path) -> Path:
     dataset = cfg["dataset"]
 
     names = run_labels(dataset, cfg.get("labels"))  # what the run trained on: its shards' label_names
-    scores, scored = shipped_scores(runs, stage, main)
+    scores, scored, made_from = shipped_scores(runs, stage, main)
     splits = {}
     for split, m in scores.items():
         splits[split] = {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "count",
@@ -120,8 +122,10 @@ def write_report(runs: Path) -> Path:
                          "last_step": sel["last_step"], "last_accuracy": last.get("accuracy"),
                          "last_weighted_f1": last.get("weighted_f1"),
                          "paper_accuracy": paper[0] if paper else None,
-                         "paper_weighted_f1": paper[1] if paper else None})
-    report = {"dataset": dataset, "modalities": modalities, "scored": scored, "checkpoint": _selection(main),
+                         "paper_weighted_f1": paper[1] if paper else None,
+                         MADE_FROM: read_record(runs / folder)})  # its data's identity, where the run recorded it
+    report = {"dataset": dataset, "modalities": modalities, "scored": scored, MADE_FROM: made_from,
+              "checkpoint": _selection(main),
               "splits": splits, "ablation": ablation,
               "stages": {s: (_final(runs / s) or {}).get("metrics", {}).get(split, {}).get("weighted_f1")
                          for s in NAMES},

@@ -279,3 +279,104 @@ def test_an_export_scores_only_shards_naming_its_labels(text_export, tmp_path):
     (shards / "index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"names the labels \['mood6', .*; the model predicts \['mood0'"):
         evaluate_export(model, shards, "dev")
+
+
+def _old_runs(text_export: Path, tmp_path: Path) -> Path:
+    """A text-only runs folder as an older m2fdist left it: its export's config.json carries the training
+    machine's run config as it was (paths, a signed shard URL, commands, the W&B account), and its report.json
+    names the runs folder and its figures by absolute path."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(text_export, runs / "text" / "export")
+    meta = json.loads((runs / "text" / "export" / CONFIG).read_text())
+    meta["run"] = private_run(tmp_path, str(tmp_path / "roberta"))
+    (runs / "text" / "export" / CONFIG).write_text(json.dumps(meta))
+    report = {"dataset": "meld", "modalities": "text only", "scored": f"the exported model {runs}/text/export",
+              "checkpoint": {"tag": "step00000004", "step": 4, "chosen_by": "best checkpoint on dev",
+                             "best_dev_weighted_f1": 0.5, "last_step": 4, "last_metrics": {}},
+              "splits": {"test": {"accuracy": 0.625, "weighted_f1": 0.5, "macro_f1": 0.4, "count": 8,
+                                  "per_class_f1": {"joy": 0.75}, "confusion_png": str(runs / "confusion_test.png")}},
+              "ablation": [], "figures": {}}
+    (runs / "report.json").write_text(json.dumps(report))
+    return runs
+
+
+def _texts(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*")
+            if p.is_file() and p.suffix != ".safetensors"}
+
+
+def test_a_bundle_of_an_older_export_leaves_out_its_private_settings(text_export, tmp_path):
+    """write_bundle copied an older export's config.json as it was: s3_command, the signed shard URL and the
+    training machine's paths went into RUNS/model, and from there to colleagues and the Hub."""
+    from m2fdist.format.lineage import export_id
+    from m2fdist.results.bundle import write_bundle
+
+    runs = _old_runs(text_export, tmp_path)
+    assert leaks((runs / "text" / "export" / CONFIG).read_text(), tmp_path)
+    bundle = write_bundle(runs)
+    texts = _texts(bundle)
+    assert {"config.json", "README.md", "report.json", "text/config.json"} <= set(texts)
+    assert {name: found for name, text in texts.items() if (found := leaks(text, tmp_path))} == {}
+    assert json.loads(texts["text/config.json"]) == read_meta(runs / "text" / "export")  # public_meta's, no other
+    assert "| test | 62.50 | 50.00 |" in texts["README.md"]  # the report's scores, kept for the card
+    config = json.loads(texts["config.json"])
+    assert config["made_from"] == {"text": export_id(runs / "text" / "export")}
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", config["made_from"]["text"])
+
+
+def test_publishing_writes_the_card_anew_never_as_found(text_export, tmp_path):
+    """An older card (it printed the shards location and the runs path) was re-uploaded as it was: M2FNet kept
+    the README.md it loaded and save_pretrained / push_to_hub wrote it back. push_to_hub uploads the folder
+    save_pretrained writes (huggingface_hub's ModelHubMixin), so that folder is what is checked here."""
+    from m2fdist import M2FNet
+    from m2fdist.results.bundle import write_bundle
+
+    runs = _old_runs(text_export, tmp_path)
+    bundle = write_bundle(runs)
+    fresh = (bundle / "README.md").read_text()
+    old = fresh.replace("## Data", f"## Data\n\nShards: `s3://bucket/meld?{SECRET}`; runs in {runs}.")
+    (bundle / "README.md").write_text(old)
+    model = M2FNet.from_pretrained(bundle)
+    assert model.card == old  # as found, to read
+    model.save_pretrained(tmp_path / "shared")
+    texts = _texts(tmp_path / "shared")
+    assert {name: found for name, text in texts.items() if (found := leaks(text, tmp_path))} == {}
+    assert texts["README.md"] == fresh == str(model.generate_model_card())  # the scores survive: report.json
+    assert json.loads(texts["report.json"]) == json.loads((bundle / "report.json").read_text())
+    # the saved weights' own identity, recorded again for what they are now
+    from m2fdist.format.lineage import file_sha256
+
+    saved = json.loads(texts["config.json"])["made_from"]["text"]
+    assert saved == f"sha256:{file_sha256(tmp_path / 'shared' / 'text' / WEIGHTS)}"
+    assert json.loads(texts["text/config.json"])["weights_sha256"] == saved.removeprefix("sha256:")
+
+
+_opened: list[str] | None = None
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _opened is not None and event == "open" and isinstance(args[0], str | Path):
+        _opened.append(str(args[0]))
+
+
+def test_loading_a_bundle_reads_each_config_once(text_export, tmp_path):
+    """The bundle's config.json was read three times per load (huggingface_hub's mixin, a check before it, the
+    parts' check) and each part's twice or three times: now once each, passed on."""
+    import sys
+
+    from m2fdist import M2FNet
+    from m2fdist.results.bundle import write_bundle
+
+    global _opened
+    bundle = write_bundle(_old_runs(text_export, tmp_path))
+    sys.addaudithook(_record_opens)  # the interpreter's own record of every open(), no stand-in
+    _opened = []
+    try:
+        M2FNet.from_pretrained(bundle)
+        opened = list(_opened)
+    finally:
+        _opened = None
+    assert opened.count(str(bundle / CONFIG)) == 1, opened
+    assert opened.count(str(bundle / "text" / CONFIG)) == 1, opened

@@ -86,6 +86,60 @@ def test_pipeline_resumes_an_interrupted_stage(pipeline_runs, work, features, tm
 
 
 @pytest.mark.launch
+def test_pipeline_redoes_what_a_retrained_stage_feeds(pipeline_runs, text_run, work, features, tmp_path, capsys):
+    """A new text export (a stage trained again): the features are extracted again, fusion is trained again on
+    them, the bundle and report are rewritten from them, and the console says why; with nothing changed, every
+    step is skipped. The fixture's runs were launched by hand and record nothing; the first pass trains fusion
+    through the pipeline, so it records the features it read."""
+    from m2fdist.format.lineage import export_id, file_sha256, read_record, shards_id
+    from m2fdist.training import checkpoint
+
+    runs, feats = tmp_path / "runs", tmp_path / "features"
+    shutil.copytree(pipeline_runs, runs, ignore=shutil.ignore_patterns("fusion", "fusion_T", "model", "report*"))
+    shutil.copytree(features, feats)
+    shutil.copytree(text_run / "checkpoints", runs / "text" / "checkpoints")
+    overrides = {"fusion": ["train.max_steps=4", "wandb.mode=disabled", "data.eval_splits=[dev,test]",
+                            "precision=fp32", "fusion.dim_audio=16"], "extract": ["data.num_frames=3"]}
+    cfg = PipelineConfig(shards=str(work["shards"]), features=str(feats), runs=str(runs), num_gpus=2,
+                         ablations=False, extract="configs/tiny/extract.yaml", fusion="configs/tiny/fusion.yaml",
+                         overrides=overrides)
+    Pipeline(cfg).run()
+    said = capsys.readouterr().err
+    assert "(extracted)" in said and "fusion: training (from scratch)" in said  # features made by these exports
+    assert read_record(runs / "fusion") == {"data.shards": shards_id(feats)}
+    # the text stage exported anew, from another checkpoint (other weights, as a retrained stage's)
+    best = checkpoint.read_pointer(runs / "text" / "checkpoints", "best")
+    other = next(p.name for p in sorted((runs / "text" / "checkpoints").glob("step*")) if p.name != best)
+    old_text, old_features = export_id(runs / "text" / "export"), shards_id(feats)
+    shutil.rmtree(runs / "text" / "export")
+    export(runs / "text", other)
+    new_text = export_id(runs / "text" / "export")
+    assert new_text != old_text
+    tars = {p.name: file_sha256(p) for p in feats.glob("*.tar")}
+    Pipeline(cfg).run()
+    said = capsys.readouterr().err
+    assert "text: finished earlier, skipped" in said and "audio: finished earlier, skipped" in said
+    assert f"features: extracting again: the exports they were made from changed (text: {old_text[:19]}" in said
+    assert "fusion: training again: what it was trained on changed (data.shards: index sha256:" in said
+    assert "fusion: training (from scratch)" in said and (runs / "stale" / "fusion" / "final.json").is_file()
+    index = json.loads((feats / "index.json").read_text())
+    assert index["made_from"] == {s: export_id(runs / s / "export") for s in ("text", "audio", "visual")}
+    assert index["made_from"]["text"] == new_text and shards_id(feats) != old_features
+    assert tars and all(file_sha256(feats / name) != h for name, h in tars.items())  # every split extracted anew
+    assert read_record(runs / "fusion") == {"data.shards": shards_id(feats)}
+    bundle = json.loads((runs / "model" / "config.json").read_text())
+    assert bundle["made_from"] == {p: export_id(runs / p / "export") for p in ("text", "audio", "visual", "fusion")}
+    report = json.loads((runs / "report.json").read_text())
+    assert report["made_from"] == {"model": export_id(runs / "model" / "fusion"), "data": shards_id(feats)}
+    # nothing changed: everything is skipped, nothing trained or extracted
+    before = {p: p.stat().st_mtime_ns for p in [*runs.glob("*/final.json"), feats / "index.json"]}
+    Pipeline(cfg).run()
+    said = capsys.readouterr().err
+    assert "(extracted)" in said and "fusion: finished earlier, skipped" in said and "again" not in said
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.launch
 def test_fusion_dims_come_from_the_features(features):
     from m2fdist.config.errors import ConfigError
     from m2fdist.config.load import load_config
@@ -507,7 +561,8 @@ def test_text_only_bundle_predicts_without_media(text_run, meld_raw, tmp_path, c
     shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
     write_report(runs)
     bundle = write_bundle(runs)
-    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "text"]
+    # report.json: the scores its card shows, kept so that publishing can write the card anew
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "report.json", "text"]
     assert "It reads each utterance's text with its neighbours' text." in (bundle / "README.md").read_text()
     model = M2FNet.from_pretrained(bundle)
     assert model.needs == "" and list(model.exports) == ["text"]

@@ -117,3 +117,16 @@ def test_a_deeply_nested_or_oversized_jsonl_line_is_a_skip(tmp_path):
         "m.jsonl:2": "not JSON: nested too deeply", "m.jsonl:3": "not JSON: nested too deeply",
         "m.jsonl:4": "field text is 140,000 characters, past the 131,072 a field may hold"}
 
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """A text holding U+2028, U+2029 or \\x85 (JSON allows them unescaped in a string) is one row, not a row cut
+    in two and two "not JSON" skips; CRLF line ends still work, and line numbers stay the file's."""
+    texts = ["one\u2028two", "para\u2029graph", "next\x85line", "form\x0cfeed"]
+    rows = [json.dumps({"dialog": "d", "utt": i, "text": t}, ensure_ascii=False) for i, t in enumerate(texts)]
+    (tmp_path / "m.jsonl").write_bytes(("\r\n".join([*rows, "{broken"]) + "\r\n").encode("utf-8"))
+    corpus = read_manifest(tmp_path / "m.jsonl", needs="")
+    assert [u.text for d in corpus.splits[""] for u in d] == texts
+    assert [u.extra["source"] for d in corpus.splits[""] for u in d] == [f"m.jsonl:{n}" for n in (1, 2, 3, 4)]
+    assert {s.source: s.reason for s in corpus.skipped} == {"m.jsonl:5": "not JSON: Expecting property name "
+                                                                         "enclosed in double quotes"}
