@@ -1,6 +1,9 @@
 """The pipeline (``m2fdist pipeline``): pack → text → audio → visual → extract → fusion (+ ablations) → report.
 
-With ``modalities: text`` it packs the annotations alone and runs text → report.
+With ``modalities: text`` it packs the annotations alone and runs text → extract (the text stage's utterance
+vectors) → fusion with the text modality alone (M2FNet's dialog level: the dialog Transformer with its skip
+connection and the classifier) → report, which gives both rows, the text stage alone and with the dialog level;
+``dialog_level: false`` stops after the text stage.
 
 Each stage is one deepspeed launch with the configured number of processes. A stage whose output is
 complete (its ``final.json``, an export, a features index) is skipped; an interrupted stage is launched
@@ -69,7 +72,10 @@ class PipelineConfig:
     fusion: str = "configs/meld/fusion.yaml"  # the fusion stage's run config
     overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage: extra key=value
     ablations: bool = True  # also train the T, A, V and concatenation rows of the paper's ablation table
-    modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → report
+    modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → dialog level → report
+    # text only: also train M2FNet's dialog level (the fusion stage over the text stage's utterance vectors,
+    # text alone); false: the text stage's own classifier is the model
+    dialog_level: bool = True
     # several seeds: every training stage once per seed in RUNS/seedN (features in FEATURES/seedN), the report
     # as mean ± std over them; empty: one run with the configs' own train.seed, directly in RUNS
     seeds: list[int] = field(default_factory=list)
@@ -101,7 +107,7 @@ class Pipeline:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
         seed_plan(cfg)  # a repeated seed is refused before anything runs
         self.cfg = cfg
-        self.media = cfg.modalities != "text"  # False: text stage → report
+        self.media = cfg.modalities != "text"  # False: no audio or visual stage
         self.runs = Path(cfg.runs)
         self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
         # the stages are steps of one run, not sweep trials: each trains into the folder the pipeline names
@@ -147,13 +153,14 @@ class Pipeline:
         for stage in NAMES if self.media else ("text",):
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
-        if not self.media:
+        if not self.media and not c.dialog_level:
             return self.report() if report else self.runs
         self.extract()
-        self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}"])
+        self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}",
+                                        *([] if self.media else ABLATIONS["T"])])
         self.export("fusion")
         self.bundle()
-        if c.ablations:
+        if c.ablations and self.media:
             for name, extra in ABLATIONS.items():
                 self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}", *extra],
                            out=self.runs / f"fusion_{name}")
@@ -228,6 +235,7 @@ class Pipeline:
             return
         self.say(f"extracting dialog features → {c.features}; log {self.runs / 'extract.log'}")
         overrides = [f"data.shards={c.shards}", f"dataset={c.dataset}", f"extract.out={c.features}",
-                     *(f"extract.{s}={self.runs / s / 'export'}" for s in NAMES),
+                     *(f"extract.{s}={self.runs / s / 'export'}" if self.media or s == "text"
+                       else f"extract.{s}=''" for s in NAMES),  # '': that modality is left out
                      *self.cfg.overrides.get("extract", [])]
         self.launch("launch/extract.py", c.extract, overrides, self.runs / "extract.log")
