@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from m2fdist import __version__
 from m2fdist.common import atomic
+from m2fdist.common.modalities import fusion_reads
 from m2fdist.common.paths import looks_local
 from m2fdist.faces.faceset import FaceSet, FaceSettings
 from m2fdist.format.exports import (
@@ -109,8 +110,7 @@ class M2FNet(ModelHubMixin, library_name="m2fdist", repo_url="https://arxiv.org/
             roots = {p: path / p for p in own["parts"]}
             metas = {p: read_meta(roots[p]) for p in roots}
         exports = {"fusion": load_exported(roots["fusion"], device, metas["fusion"])} if "fusion" in roots else {}
-        mods = exports["fusion"][0].fusion.modalities if exports else ""
-        needed = ["text", *(part for m, part in (("A", "audio"), ("V", "visual")) if m in mods)]
+        needed = list(fusion_reads(exports["fusion"][0].fusion.modalities)) if exports else ["text"]
         if missing := [p for p in needed if p not in roots]:
             raise FileNotFoundError(f"{path}: the fusion model reads {', '.join(missing)}, but the bundle has no "
                                     f"{', '.join(m + '/' for m in missing)} export")

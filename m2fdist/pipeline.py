@@ -1,6 +1,9 @@
 """The pipeline (``m2fdist pipeline``): pack → text → audio → visual → extract → fusion (+ ablations) → report.
 
-With ``modalities: text`` it packs the annotations alone and runs text → report.
+With ``modalities: text`` it packs the annotations alone and runs text → extract (the text stage's utterance
+vectors) → fusion with the text modality alone (M2FNet's dialog level: the dialog Transformer with its skip
+connection and the classifier) → report, which gives both rows, the text stage alone and with the dialog level;
+``dialog_level: false`` stops after the text stage.
 
 Each stage is one deepspeed launch with the configured number of processes. A stage whose output is
 complete (its ``final.json``, an export, a features index) is skipped if it was made from what is there now
@@ -74,7 +77,10 @@ class PipelineConfig:
     fusion: str = "configs/meld/fusion.yaml"  # the fusion stage's run config
     overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage: extra key=value
     ablations: bool = True  # also train the T, A, V and concatenation rows of the paper's ablation table
-    modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → report
+    modalities: str = "text,audio,visual"  # or "text": text-only packing, text stage → dialog level → report
+    # text only: also train M2FNet's dialog level (the fusion stage over the text stage's utterance vectors,
+    # text alone); false: the text stage's own classifier is the model
+    dialog_level: bool = True
     # several seeds: every training stage once per seed in RUNS/seedN (features in FEATURES/seedN), the report
     # as mean ± std over them; empty: one run with the configs' own train.seed, directly in RUNS
     seeds: list[int] = field(default_factory=list)
@@ -106,7 +112,8 @@ class Pipeline:
             raise ConfigError(f"modalities must be one of {', '.join(MODALITIES)}, not {cfg.modalities!r}")
         seed_plan(cfg)  # a repeated seed is refused before anything runs
         self.cfg = cfg
-        self.media = cfg.modalities != "text"  # False: text stage → report
+        self.media = cfg.modalities != "text"  # False: no audio or visual stage
+        self.extractors = NAMES if self.media else ("text",)  # the stages trained before the dialog level
         self.runs = Path(cfg.runs)
         self.remade: set[str] = set()  # the shards / features folders (re)written by this run, for old products
         self.text_model = text_model or self.runs / "roberta"  # tiny_text: one for every seed
@@ -150,16 +157,17 @@ class Pipeline:
 
             build_tiny_roberta(self.text_model, shard_texts(Path(c.shards)), vocab_size=500, hidden_size=32,
                                num_layers=2)
-        for stage in NAMES if self.media else ("text",):
+        for stage in self.extractors:
             self.train(stage, getattr(c, stage), [*common, *(text_model if stage == "text" else [])])
             self.export(stage)
-        if not self.media:
+        if not self.media and not c.dialog_level:
             return self.report() if report else self.runs
         self.extract()
-        self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}"])
+        self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}",
+                                        *([] if self.media else ABLATIONS["T"])])
         self.export("fusion")
         self.bundle()
-        if c.ablations:
+        if c.ablations and self.media:
             for name, extra in ABLATIONS.items():
                 self.train("fusion", c.fusion, [f"data.shards={c.features}", f"dataset={c.dataset}", *extra],
                            out=self.runs / f"fusion_{name}")
@@ -261,10 +269,10 @@ class Pipeline:
         records the exports' identities (``made_from``), and features made by others are extracted again."""
         c = self.cfg
         index = Path(c.features) / "index.json"
-        now = {s: export_id(self.runs / s / "export") for s in NAMES}
+        now = {s: export_id(self.runs / s / "export") for s in self.extractors}
         if index.is_file():
             recorded = json.loads(index.read_text()).get(MADE_FROM)
-            if recorded == now or (recorded is None and not {s for s in NAMES if s in self.remade}):
+            if recorded == now or (recorded is None and not {s for s in self.extractors if s in self.remade}):
                 self.say(f"features: {c.features} (extracted)")
                 return
             why = ("; ".join(changes(recorded, now)) if recorded is not None else
@@ -273,6 +281,7 @@ class Pipeline:
         self.remade.add(str(c.features))
         self.say(f"extracting dialog features → {c.features}; log {self.runs / 'extract.log'}")
         overrides = [f"data.shards={c.shards}", f"dataset={c.dataset}", f"extract.out={c.features}",
-                     *(f"extract.{s}={self.runs / s / 'export'}" for s in NAMES),
+                     *(f"extract.{s}={self.runs / s / 'export'}" if s in self.extractors
+                       else f"extract.{s}=''" for s in NAMES),  # '': that modality is left out
                      *self.cfg.overrides.get("extract", [])]
         self.launch("launch/extract.py", c.extract, overrides, self.runs / "extract.log")

@@ -40,6 +40,12 @@ PACKED = (",".join(NAMES), "text")
 FEATURE_EXTRAS = ("json", "labels.npy")
 
 
+def fusion_reads(letters: str) -> tuple[str, ...]:
+    """The extractors a fusion model over ``letters`` (``TAV``, ``T``...) needs, in stage order: text always (its
+    vectors carry the dialog's utterances and their speakers) and the others its letters name."""
+    return tuple(m.name for m in MODALITIES if m.name == "text" or m.letter in letters)
+
+
 def members_for(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The utterance-shard members a reader of these modalities needs, ``json`` (metadata, text) first."""
     return tuple(dict.fromkeys(["json", *(BY_NAME[n].member for n in names)]))

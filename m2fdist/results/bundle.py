@@ -9,7 +9,8 @@ from pathlib import Path
 
 from m2fdist import __version__
 from m2fdist.common import atomic
-from m2fdist.format.exports import BUNDLE_PARTS, CONFIG, REPORT, is_export, labels_of, read_meta
+from m2fdist.common.modalities import fusion_reads
+from m2fdist.format.exports import CONFIG, REPORT, is_export, labels_of, read_meta
 from m2fdist.format.lineage import MADE_FROM, export_id
 from m2fdist.results.card import model_card, public_report
 
@@ -17,10 +18,11 @@ from m2fdist.results.card import model_card, public_report
 def write_bundle(runs: Path, out: Path | None = None) -> Path:
     """``RUNS/model``: the stage exports a prediction needs, the bundle's ``config.json`` and its model card.
 
-    A pipeline with a fusion stage ships text, audio, visual and fusion; a text-only pipeline ships text alone
-    (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is generated
-    from the exports' configs and, when the pipeline's ``report.json`` exists, its scores (kept in the bundle as
-    ``report.json``, its local paths left out, so that publishing writes the same card anew); call this again
+    A pipeline with a fusion stage ships the fusion model and the stage exports it reads (text, audio and visual;
+    text alone when the dialog level was trained over text only); a text-only pipeline without a dialog level
+    ships text alone (its classifier head predicts). The model card (``README.md``, Hugging Face front matter) is
+    generated from the exports' configs and, when the pipeline's ``report.json`` exists, its scores (kept in the
+    bundle as ``report.json``, its local paths left out, so that publishing writes the same card anew); call this again
     after the report to refresh the card. The bundle is written whole into a temporary folder beside ``out``
     and then replaces it at once: nothing of an earlier bundle (an earlier run's audio, visual or fusion part)
     survives in it, and a reader never sees a half-written one.
@@ -28,7 +30,7 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
     runs = Path(runs)
     out = Path(out or runs / "model")
     fused = is_export(runs / "fusion" / "export")
-    parts = BUNDLE_PARTS if fused else ("text",)
+    parts = fusion_parts(read_meta(runs / "fusion" / "export")) if fused else ("text",)
     missing = [p for p in parts if not is_export(runs / p / "export")]
     if missing:
         raise FileNotFoundError(f"{runs}: no export of {', '.join(missing)} (m2fdist export {runs}/STAGE)")
@@ -40,6 +42,11 @@ def write_bundle(runs: Path, out: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def fusion_parts(meta: dict) -> tuple[str, ...]:
+    """The parts a fusion export needs in a bundle: itself and the extractors of the modalities it reads."""
+    return (*fusion_reads(meta["run"]["fusion"]["modalities"]), "fusion")
 
 
 def _fill(runs: Path, out: Path, parts: tuple[str, ...], fused: bool) -> None:

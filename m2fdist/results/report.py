@@ -9,7 +9,8 @@ and row-normalised, for each split) and the modality ablation table (T, A, V, T+
 T+A+V fused) next to the paper's numbers, also as ``RUNS/report.md``, which links the figures written beside
 it: ``confusion_SPLIT.png`` (counts beside the row-normalised matrix), ``training_curves.png`` (loss and dev
 weighted F1 over steps from every run's ``metrics.jsonl``) and ``per_class_f1.png`` (per-class F1 of each
-ablation row). A text-only run (no fusion stage) is reported from its text stage; the report names the
+ablation row). A text-only run is reported from its dialog level beside its text stage alone (without a
+dialog level, from its text stage); the report names the
 modalities it covers.
 
 A pipeline run over several seeds (``RUNS/seed0``, ``RUNS/seed1``, ...) is reported per seed in each folder,
@@ -46,6 +47,9 @@ ROWS = [("T", "fusion_T"), ("A", "fusion_A"), ("V", "fusion_V"), ("T+A+V concate
 
 
 TEXT_ONLY_ROWS = [("T", "text")]
+# A text-only pipeline with M2FNet's dialog level: the text stage alone, then the dialog level over its vectors
+# (the paper's "text only" row is M2FNet's, dialog level included).
+TEXT_DIALOG_ROWS = [("T (text stage alone)", "text"), ("T", "fusion")]
 
 
 def covered(stage: str, cfg: dict[str, Any]) -> str:
@@ -53,8 +57,17 @@ def covered(stage: str, cfg: dict[str, Any]) -> str:
     if stage == "text":
         return "text only (the text stage; no audio or visual)"
     mods = cfg["fusion"]["modalities"]
+    if mods == "T":
+        return "text only (the dialog level over the text stage's utterance vectors; no audio or visual)"
     how = "attention fusion" if cfg["fusion"].get("fusion") == "attention" else cfg["fusion"].get("fusion", "")
     return f"{', '.join(MODALITY_NAMES[m] for m in mods)} ({how})"
+
+
+def rows_of(stage: str, cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's rows (label, run folder) for the reported model's stage and config."""
+    if stage == "text":
+        return TEXT_ONLY_ROWS
+    return TEXT_DIALOG_ROWS if cfg["fusion"]["modalities"] == "T" else ROWS
 
 
 def _final(path: Path) -> dict[str, Any] | None:
@@ -108,7 +121,7 @@ def write_report(runs: Path) -> Path:
         splits[split].update(confusion_normalized=norm, confusion_png=str(png))
     split = "test" if "test" in scores else next(iter(scores))
     ablation = []
-    for label, folder in ROWS if stage == "fusion" else TEXT_ONLY_ROWS:
+    for label, folder in rows_of(stage, cfg):
         final = _final(runs / folder)
         if final is None or split not in final["metrics"]:
             continue

@@ -1,9 +1,9 @@
 """The text stage learns MELD's real dialog text: a slice of the real train split, all-MiniLM-L6-v2, dev scored.
 
-Runs the text-only pipeline (pack --modalities text → text stage under the deepspeed launcher, 2 CPU ranks →
-report) on the first whole dialogs of MELD's train CSV holding TRAIN_UTTERANCES utterances, and scores all
-of MELD's dev split. The data is MELD's own (GPL-3.0), kept outside the repository: ``../shared/data/meld-text``
-beside the clone, as in CI. The test split is never read.
+Runs the text-only pipeline without its dialog level (pack --modalities text → text stage under the deepspeed
+launcher, 2 CPU ranks → report) on the first whole dialogs of MELD's train CSV holding TRAIN_UTTERANCES
+utterances, and scores all of MELD's dev split. The data is MELD's own (GPL-3.0), kept outside the
+repository: ``../shared/data/meld-text`` beside the clone, as in CI. The test split is never read.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def test_text_stage_learns_real_meld_text(tmp_path, capsys):
     cfg = PipelineConfig(
         dataset="meld", modalities="text", raw=str(tree), shards=str(tmp_path / "shards"), runs=str(runs),
         num_gpus=2, text="configs/meld/text_small.yaml",
+        dialog_level=False,  # the stage's own learning is what this checks (the dialog level: test_pipeline.py)
         overrides={"text": [f"text.model={get_model_path()}", "data.eval_splits=[dev]", "wandb.mode=disabled",
                             "train.epochs=3", "train.warmup_steps=10",  # 3 passes: 49.9 dev wF1 measured
                             "train.encoder_lr=2e-4"]})  # a 500-utterance slice needs larger steps than all of train

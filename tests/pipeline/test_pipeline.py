@@ -322,6 +322,46 @@ def test_text_only_report(text_run, tmp_path):
         Pipeline(PipelineConfig(runs=str(runs), modalities="audio"))
 
 
+@pytest.mark.launch
+def test_text_only_pipeline_trains_the_dialog_level(text_run, work, tmp_path, capsys):
+    """modalities: text runs M2FNet's dialog level over the text stage's vectors: text-only extraction, the
+    fusion stage on text alone, a bundle of text + fusion that predicts with it, and a report of both rows."""
+    from m2fdist import M2FNet
+    from m2fdist.inference.evaluate import evaluate_export
+
+    runs, features = tmp_path / "runs", tmp_path / "features"
+    shutil.copytree(text_run, runs / "text", ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    cfg = PipelineConfig(modalities="text", shards=str(work["shards"]), features=str(features), runs=str(runs),
+                         num_gpus=1, text="configs/tiny/text.yaml", extract="configs/tiny/extract.yaml",
+                         fusion="configs/tiny/fusion.yaml",
+                         overrides={"fusion": ["train.max_steps=6", "data.eval_splits=[dev,test]", "precision=fp32",
+                                               "wandb.mode=disabled"]})
+    Pipeline(cfg).run()
+    assert "text: finished earlier, skipped" in capsys.readouterr().err
+    index = json.loads((features / "index.json").read_text())
+    assert index["dims"] == {"text": 32} and index["extractors"]["audio"] == index["extractors"]["visual"] == ""
+    fused = json.loads((runs / "fusion" / "config.json").read_text())["fusion"]
+    assert (fused["modalities"], fused["fusion"]) == ("T", "concat")
+    assert not (runs / "fusion_T").exists()  # no ablations: the dialog level over text is the model
+    bundle = json.loads((runs / "model" / "config.json").read_text())
+    assert bundle["parts"] == ["text", "fusion"]
+    assert sorted(p.name for p in (runs / "model").iterdir()) == ["README.md", "config.json", "fusion", "report.json",
+                                                              "text"]
+    report = json.loads((runs / "report.json").read_text())
+    assert report["modalities"].startswith("text only (the dialog level")
+    rows = {r["modalities"]: r for r in report["ablation"]}
+    assert [(r["modalities"], r["run"], r["paper_weighted_f1"]) for r in report["ablation"]] == [
+        ("T (text stage alone)", "text", None), ("T", "fusion", 66.23)]
+    text_final = json.loads((runs / "text" / "final.json").read_text())
+    assert rows["T (text stage alone)"]["weighted_f1"] == text_final["metrics"]["test"]["weighted_f1"]
+    shipped = evaluate_export(runs / "model" / "fusion", str(features), "test")[0]
+    assert rows["T"]["weighted_f1"] == report["splits"]["test"]["weighted_f1"] == shipped["weighted_f1"]
+    model = M2FNet.from_pretrained(runs / "model")
+    assert list(model.exports) == ["text", "fusion"] and model.needs == ""
+    out = model.predict([[{"speaker": "A", "text": "hello there"}, {"speaker": "B", "text": "oh no"}]])
+    assert [len(d) for d in out] == [2] and all(abs(sum(u["probs"].values()) - 1) < 1e-4 for u in out[0])
+
+
 @pytest.mark.unit
 def test_seed_plan():
     cfg = load_pipeline(Path("configs/tiny/pipeline.yaml"), ["seeds=[0,2]", "runs=r", "features=f"])
