@@ -46,9 +46,8 @@ from m2fdist.pack import PackOptions, pack
 from m2fdist.results.bundle import write_bundle
 from m2fdist.results.report import write_report, write_seed_report
 from m2fdist.runtime.devices import resolve_device
-from m2fdist.runtime.process import free_port
+from m2fdist.runtime.launcher import launch_command
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 # The paper's modality ablation rows, as fusion-stage overrides.
 ABLATIONS: dict[str, list[str]] = {
@@ -128,11 +127,11 @@ class Pipeline:
         print(f"[pipeline] {message}", file=sys.stderr, flush=True)
 
     def launch(self, script: str, config: str, overrides: list[str], log: Path) -> None:
-        """Run one deepspeed launch: all its output into ``log``, its progress and eval lines also on the console."""
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(self.cfg.num_gpus), "--master_port", str(free_port()), script,
-               "--config", config, *overrides]
+        """Run one deepspeed launch (here, or across the SLURM allocation's nodes: :mod:`m2fdist.runtime.launcher`):
+        all its output into ``log``, its progress and eval lines also on the console."""
+        cmd, env = launch_command(script, ["--config", config, *overrides], self.cfg.num_gpus, self.env)
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f, subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+        with log.open("w") as f, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                   stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
             for line in proc.stdout:
                 f.write(line)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from filesystems import tmpfs
-from launching import common, concurrently, deepspeed
+from launching import BIN, ENV, common, concurrently, deepspeed, local_slurm
 
 from m2fdist.data.texts import shard_texts
 from m2fdist.inference.export import export
@@ -40,6 +40,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
            if len(m := {mark.name for mark in item.iter_markers()} & set(MARKERS)) != 1]
     if bad:
         raise pytest.UsageError("every test is marked exactly one of unit / launch:\n  " + "\n  ".join(bad))
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A two-node SLURM cluster on this machine (launch/local_slurm.py), up once for the tests that need one;
+    every daemon it started is stopped by PID after. Yields the environment its clients need, and its folder."""
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**ENV, **local_slurm.up(folder), "M2FDIST_DEEPSPEED": str(BIN / "deepspeed")}
+    try:
+        yield env, folder
+    finally:
+        stopped = local_slurm.down(folder)
+        assert len(stopped) == 4, stopped  # munged, slurmctld and both slurmd were ours to stop
+        left = [p for _, p in local_slurm._pids(folder) if Path(f"/proc/{p}").exists()]
+        assert not left, f"daemons left running: {left}"
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -146,3 +149,31 @@ def sweep_sample(name: str, pick: int = 0) -> tuple[list[str], dict]:
     params = {key: p["values"][pick % len(p["values"])] if "values" in p else p["max" if pick else "min"]
               for key, p in spec["parameters"].items()}
     return sweep_command(spec, params), params
+
+
+# launch/local_slurm.py, the two-node SLURM cluster the `slurm` fixture (conftest.py) starts
+_spec = importlib.util.spec_from_file_location("local_slurm", ROOT / "launch" / "local_slurm.py")
+local_slurm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(local_slurm)
+
+
+def sbatch(env: dict, *args: str) -> str:
+    """Submit a job from the repository root; its id."""
+    done = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def slurm_job(env: dict, job: str) -> dict[str, str]:
+    """What ``scontrol show job`` says of the job, as key=value pairs."""
+    done = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True)
+    return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
+
+
+def until(what: Callable[[], Any], timeout: float, message: Callable[[], str]) -> None:
+    """Wait for ``what()`` to hold, polling; after ``timeout`` seconds the test fails with ``message()``."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            pytest.fail(message())
+        time.sleep(0.2)

@@ -97,6 +97,8 @@ def check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"train.stop_signals: {unknown} not among {', '.join(SIGNALS)}")
     if cfg.train.requeue not in ("auto", "never"):
         raise ConfigError(f"train.requeue must be auto or never, not {cfg.train.requeue!r}")
+    if cfg.train.nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"train.nonfinite must be stop or skip, not {cfg.train.nonfinite!r}")
     if cfg.data.train_split == HELD_OUT:
         raise ConfigError(f"data.train_split={HELD_OUT}: the {HELD_OUT} split is held out, for the scores a report "
                           "and a model card give; train on train (the default)")
@@ -203,7 +205,7 @@ RANGES = (
     ("train.lr", 0.0, False), ("train.encoder_lr", 0.0, True), ("train.weight_decay", 0.0, True),
     ("train.clip", 0.0, True), ("data.num_workers", 0, True), ("data.shuffle_buffer", 0, True),
     ("data.frame_width", 0, True), ("data.frame_height", 0, True), ("triplet.knn", 1, True),
-    ("triplet.max_triplets", 1, True), ("triplet.margin", 0.0, True),
+    ("triplet.max_triplets", 1, True), ("triplet.margin", 0.0, True), ("train.max_skips_in_row", 1, True),
 )
 
 

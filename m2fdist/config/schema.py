@@ -72,6 +72,13 @@ class TrainConfig:
     # from there): SLURM sends SIGTERM at scancel, time limit and preemption, and what --signal names before.
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     requeue: str = "auto"  # auto: under SLURM, rank 0 requeues the job when a signal stops it; never: it does not
+    # A step whose loss or gradient norm is NaN or infinite: "stop" ends the run there with an error naming the
+    # step; "skip" leaves the weights, optimizer state and learning-rate schedule as they were (DeepSpeed's own
+    # skip, as for an fp16 overflow), counts the step (metrics.jsonl, final.json) and trains on. fp16's loss-scale
+    # overflows are its loss scaler's business under either. skip needs ZeRO 1-3, bf16 or fp16 (ZeRO-0 fp32 applies
+    # every step).
+    nonfinite: str = "stop"
+    max_skips_in_row: int = 3  # with nonfinite=skip: one more non-finite step in a row than this stops the run
 
 
 # triplet.recipe → (weights of L_AMT, L_Cov, L_Var; weight of the cross-entropy head)

@@ -87,7 +87,9 @@ def training_curves(runs: Path, path: Path) -> list[str]:
     for (stage, folders), (loss_ax, f1_ax) in zip(rows, axes, strict=True):
         for folder in folders:
             records = _records(folder / "metrics.jsonl")
-            train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
+            # a step skipped as non-finite has no loss
+            train = [(r["step"], r["loss"]) for r in records
+                     if r.get("kind") == "train" and r.get("loss") is not None]
             dev = [(r["step"], r["weighted_f1"]) for r in records
                    if r.get("kind") == "eval" and r.get("split") == "dev" and "weighted_f1" in r]
             if train:

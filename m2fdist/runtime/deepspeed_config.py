@@ -70,7 +70,21 @@ def deepspeed_config(cfg: RunConfig, world_size: int, device: str | None = None,
         fp16.setdefault(key, value)
     ds["fp16"] = fp16
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": chosen.dtype == "bf16"}
+    if cfg.train.nonfinite == "skip":
+        _check_skip(ds, path, chosen.dtype)
     return ds, chosen
+
+
+def _check_skip(ds: dict[str, Any], path: Path, dtype: str) -> None:
+    """``train.nonfinite=skip`` relies on DeepSpeed's optimizer skipping a step whose gradient norm is not
+    finite (deepspeed 0.19: ZeRO 1-3 at any precision, the bf16 and fp16 optimizers). ZeRO-0 in fp32 hands
+    the step to torch's AdamW, which applies NaN, and bf16 with ``check_grad_overflow`` off applies it too."""
+    if ds.get("zero_optimization", {}).get("stage", 0) == 0 and dtype == "fp32":
+        raise ConfigError(f"train.nonfinite=skip with {path} (ZeRO stage 0) in fp32: DeepSpeed skips no step "
+                          "there; use a ZeRO 1-3 config (configs/ds/zero2_fp32.json) or bf16")
+    if dtype == "bf16" and ds["bf16"].get("check_grad_overflow") is False:
+        raise ConfigError(f"train.nonfinite=skip, but {path} sets bf16.check_grad_overflow=false: DeepSpeed would "
+                          "apply a non-finite step")
 
 
 def precision_of(ds: dict[str, Any]) -> str:

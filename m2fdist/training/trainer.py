@@ -14,7 +14,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from m2fdist.training.stages import STAGE_TYPES
 from m2fdist.training.tracking import Tracker
 
 KILL_ENV = "M2FDIST_KILL_AT_STEP"  # tests: rank 0 SIGKILLs itself after this step, like a preempted node
+# tests: rank 0's loss is NaN at these optimizer steps (comma-separated), like a batch that poisons the model
+NAN_ENV = "M2FDIST_NAN_AT_STEPS"
 
 
 @dataclass
@@ -46,6 +48,8 @@ class State:
     best_tag: str | None = None
     best_metrics: dict[str, Any] | None = None  # per eval split: the scores of the checkpoint best_tag names
     wandb_id: str | None = None
+    skipped: list[int] = field(default_factory=list)  # steps skipped as non-finite (train.nonfinite=skip)
+    skips_in_row: int = 0  # of them, the latest steps in a row
 
 
 def check_resume(cfg: RunConfig) -> None:
@@ -169,6 +173,8 @@ class Trainer:
                                           "precision_reason": self.precision.reason},
                                self.rank == 0, cfg.wandb, self.state.wandb_id)
         self.state.wandb_id = self.tracker.run_id
+        self.ds_skipped = self.engine.skipped_steps  # steps DeepSpeed left unapplied so far (restored on resume)
+        self.skipped_now = False  # this step was skipped as non-finite
 
     def _load(self, ckpt_dir: Path, tag: str) -> None:
         # a save without the frozen base (LoRA): build_model has just read the base from that same source
@@ -193,6 +199,7 @@ class Trainer:
         self.setup()
         st, cfg = self.state, self.cfg
         kill_at = int(os.environ.get(KILL_ENV, 0))
+        poison = {int(s) for s in os.environ.get(NAN_ENV, "").split(",") if s} if self.rank == 0 else set()
         self.progress = progress.bar(self.total, cfg.stage, "step", enabled=self.rank == 0, initial=st.step)
         while st.step < self.total:
             self.train_loader.dataset.set_epoch(st.epoch, skip_batches=st.batch)
@@ -204,6 +211,7 @@ class Trainer:
                     self.flops_per_unit = throughput.train_flops_per_unit(
                         lambda b=batch: self.stage.loss(self.engine, b), self.engine, batch)
                 loss = self.stage.loss(self.engine, batch)
+                loss = loss * float("nan") if st.step + 1 in poison else loss
                 self.engine.backward(loss)
                 self.engine.step()
                 st.batch += 1
@@ -217,7 +225,7 @@ class Trainer:
                 micro = []
                 stopping = self._agree(losses)
                 self.progress.update()
-                if st.step % cfg.train.log_every == 0 or st.step == 1 or st.step == self.total:
+                if st.step % cfg.train.log_every == 0 or st.step in (1, self.total) or self.skipped_now:
                     self._log_train(losses, samples, tokens, time.time() - t0)
                 t0, samples, tokens = time.time(), 0, 0
                 if cfg.train.eval_every and st.step % cfg.train.eval_every == 0:
@@ -257,32 +265,65 @@ class Trainer:
                        "scored_tag": st.best_tag if chosen else checkpoint.tag_for(st.step),
                        "metrics": st.best_metrics if chosen else last,
                        "last": {"step": st.step, "tag": checkpoint.tag_for(st.step), "metrics": last},
-                       "world_size": self.world,
+                       "world_size": self.world, "nonfinite_skipped_steps": st.skipped,
                        "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
                        "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             atomic.write_json(self.out / "final.json", summary)
 
     def _agree(self, losses: list[float]) -> bool:
         """After each optimizer step, one all-reduce tells every rank whether any rank's loss or gradient norm
-        is not finite (every rank raises :class:`NonFiniteTraining`) and whether any rank was asked to stop
-        (returns True: every rank saves this step and stops together).
+        is not finite (:meth:`_nonfinite`: stop, or skip) and whether any rank was asked to stop (returns True:
+        every rank saves this step and stops together).
 
         A diverged model must never be evaluated, saved or marked best: argmax of NaN logits is class 0, the
         majority class, whose scores look plausible. (Lightning's ``EarlyStopping(check_finite=True)`` and
         Composer's NaNMonitor stop too.) Because the flags are all-reduced, every rank acts at the same step and
-        none is left waiting in a collective; after a divergence the last checkpoint on disk is from before it.
+        none is left waiting in a collective. Under fp16 a non-finite gradient norm with a finite loss is the
+        loss scaler's overflow: DeepSpeed skipped that step and lowered the scale, its own handling, not ours.
         """
         norm = self.engine.get_global_grad_norm()
-        bad = not all(math.isfinite(x) for x in losses) or (norm is not None and not math.isfinite(float(norm)))
+        unapplied = self.engine.skipped_steps > self.ds_skipped  # DeepSpeed left weights and optimizer as they were
+        self.ds_skipped = self.engine.skipped_steps
+        bad_norm = norm is not None and not math.isfinite(float(norm)) and self.precision.dtype != "fp16"
+        bad = not all(math.isfinite(x) for x in losses) or bad_norm
         flag = torch.tensor([float(bad), float(self.stop.requested)], dtype=torch.float64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.skipped_now = False
         if flag[0].item():
-            latest = checkpoint.read_pointer(self.ckpt_dir, "latest")
-            raise NonFiniteTraining(
-                f"step {self.state.step}: the loss ({losses[-1] if losses else None}) or the gradient norm ({norm}) "
-                f"is not finite on some rank; nothing of this step was evaluated or saved (last checkpoint: "
-                f"{latest or 'none'}). Lower train.lr / train.encoder_lr, keep train.clip > 0, or try precision=fp32")
+            self._nonfinite(losses, norm, unapplied)
+        else:
+            self.state.skips_in_row = 0
         return bool(flag[1].item())
+
+    def _nonfinite(self, losses: list[float], norm: float | None, unapplied: bool) -> None:
+        """A non-finite step: skipped and counted under ``train.nonfinite=skip``, else (or once
+        ``train.max_skips_in_row`` are skipped in a row) :class:`NonFiniteTraining` on every rank.
+
+        A skip is DeepSpeed's own: its optimizers (ZeRO 1-3, bf16, fp16) check the global gradient norm before
+        they update and leave weights, optimizer state and the learning-rate schedule as they were when it is
+        not finite (``engine.skipped_steps`` counts it), on every rank alike. A non-finite loss whose gradients
+        were finite was applied: that cannot be skipped after the fact, so it stops the run.
+        """
+        st, t = self.state, self.cfg.train
+        what = (f"the loss ({losses[-1] if losses else None}) or the gradient norm ({norm}) is not finite on "
+                "some rank")
+        if t.nonfinite == "skip" and unapplied and st.skips_in_row < t.max_skips_in_row:
+            st.skips_in_row += 1
+            st.skipped.append(st.step)
+            self.skipped_now = True
+            if self.rank == 0:
+                print(f"{self.cfg.stage}: step {st.step}: {what}: skipped, no weight update ({st.skips_in_row} in "
+                      f"a row, {len(st.skipped)} in all; train.nonfinite=skip, at most {t.max_skips_in_row} in a "
+                      "row)", file=sys.stderr, flush=True)
+            return
+        if t.nonfinite == "skip":
+            what += (f", {st.skips_in_row + 1} steps in a row (train.max_skips_in_row={t.max_skips_in_row})"
+                     if unapplied else ", and its update was applied (its gradients were finite), so it could not "
+                     "be skipped")
+        latest = checkpoint.read_pointer(self.ckpt_dir, "latest")
+        raise NonFiniteTraining(
+            f"step {st.step}: {what}; nothing of this step was evaluated or saved (last checkpoint: "
+            f"{latest or 'none'}). Lower train.lr / train.encoder_lr, keep train.clip > 0, or try precision=fp32")
 
     def _stop_here(self) -> int:
         """Save this step (the signal's step: nothing trained is lost), requeue under SLURM, and stop.
@@ -309,13 +350,16 @@ class Trainer:
         stats = torch.tensor([sum(losses) / max(1, len(losses)), samples, tokens], dtype=torch.float64)
         dist.all_reduce(stats)
         norm = self.engine.get_global_grad_norm()
+        skipped = {"loss": None, "grad_norm": None, "skipped": "nonfinite"} if self.skipped_now else {}
         values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
                   "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
+                  "nonfinite_skips": len(self.state.skipped), **skipped,
                   **throughput.rates(self.flops_per_unit or 0.0, float(stats[1]), float(stats[2]), seconds,
                                      self.world, self.peak)}
         self.tracker.log(self.state.step, values)
         epochs = -(-self.total // self.steps_per_epoch)  # the epoch shown counts from 1, as people count
-        self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {values['loss']:.4f}, "
+        loss = "skipped" if self.skipped_now else f"{values['loss']:.4f}"
+        self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {loss}, "
                                       f"lr {values['lr']:.2e}, {values['samples_per_s']:.1f} samples/s")
 
     # -- evaluation ----------------------------------------------------------------------------------
@@ -372,7 +416,7 @@ class Trainer:
     def _save(self) -> None:
         if self.last_saved == self.state.step:
             return
-        client = {"state": vars(self.state).copy(), "config": self.cfg.to_dict()}
+        client = {"state": {**vars(self.state), "skipped": list(self.state.skipped)}, "config": self.cfg.to_dict()}
         checkpoint.save(self.engine, self.ckpt_dir, self.state.step, client, self.cfg.train.keep_last,
                         self.state.best_tag, self.stage.frozen_source())
         self.last_saved = self.state.step

@@ -13,34 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from launching import deepspeed, fusion_args
 from PIL import Image
 
 from m2fdist.cli import main as cli
 from m2fdist.common.media import encode_utterance
 from m2fdist.config.errors import ConfigError
-from m2fdist.inference.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig, seed_plan
 from m2fdist.pipeline import load as load_pipeline
 from m2fdist.raw.base import make_key
 from m2fdist.results.report import aggregate, seeds_markdown, write_report
-
-
-@pytest.fixture(scope="session")
-def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_factory) -> Path:
-    """A pipeline runs folder assembled from the trained stages: fused model and the T ablation."""
-    runs = tmp_path_factory.mktemp("pipeline") / "runs"
-    runs.mkdir()
-    for stage, src in (("text", text_run), ("audio", audio_run), ("visual", visual_run)):
-        shutil.copytree(src, runs / stage, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
-    for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"])):
-        deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
-                  fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]",
-                              "precision=fp32", *extra),
-                  runs / f"{name}.log")
-    export(runs / "fusion")  # the best checkpoint on dev, as the pipeline ships it
-    Pipeline(PipelineConfig(runs=str(runs))).bundle()  # RUNS/model, what predict loads
-    return runs
 
 
 @pytest.mark.launch

@@ -4,58 +4,19 @@ signal, is requeued, and finishes with every step once and the losses of an unin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from launching import BIN, ENV, ROOT, common, concurrently, deepspeed, log_tail, records
+from launching import common, concurrently, deepspeed, local_slurm, log_tail, records, sbatch, slurm_job, until
 
 pytestmark = pytest.mark.launch
-
-spec = importlib.util.spec_from_file_location("local_slurm", ROOT / "launch" / "local_slurm.py")
-local_slurm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(local_slurm)
 
 # batch 1 on 2 ranks: about 15 steps an epoch, so the preemption lands mid-epoch
 RUN = ["data.batch_size=1", "train.max_steps=40", "train.log_every=1", "train.warmup_steps=0",
        "data.eval_splits=[dev]", "wandb.mode=disabled", "precision=fp32", "deepspeed=configs/ds/zero2_fp32.json"]
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    """The two-node cluster, up for this module's tests; every daemon it started is stopped by PID after."""
-    folder = tmp_path_factory.mktemp("slurm")
-    env = {**ENV, **local_slurm.up(folder), "M2FDIST_DEEPSPEED": str(BIN / "deepspeed")}
-    try:
-        yield env, folder
-    finally:
-        stopped = local_slurm.down(folder)
-        assert len(stopped) == 4, stopped  # munged, slurmctld and both slurmd were ours to stop
-        left = [p for _, p in local_slurm._pids(folder) if Path(f"/proc/{p}").exists()]
-        assert not left, f"daemons left running: {left}"
-
-
-def _sbatch(env: dict, *args: str) -> str:
-    done = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().split(";")[0]
-
-
-def _job(env: dict, job: str) -> dict[str, str]:
-    done = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True)
-    return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
-
-
-def _until(what, timeout: float, message) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        if time.monotonic() > deadline:
-            pytest.fail(message())
-        time.sleep(0.2)
 
 
 def _last_step(out: Path) -> int:
@@ -70,18 +31,18 @@ def test_a_preempted_two_node_job_requeues_and_resumes_exactly(slurm, work, tmp_
     out, ref, joblog = tmp_path / "run", tmp_path / "ref", tmp_path / "job.out"
 
     def on_slurm() -> str:
-        job = _sbatch(env, "--nodes=2", f"--output={joblog}", "--time=20", "launch/slurm.sbatch",
+        job = sbatch(env, "--nodes=2", f"--output={joblog}", "--time=20", "launch/slurm.sbatch",
                       "configs/tiny/text.yaml", *common(work, out), *RUN)
-        say = lambda: f"job {job}: {_job(env, job)}\n{joblog.read_text() if joblog.exists() else ''}"  # noqa: E731
-        _until(lambda: _last_step(out) >= 4, 240, say)
+        say = lambda: f"job {job}: {slurm_job(env, job)}\n{joblog.read_text() if joblog.exists() else ''}"  # noqa: E731
+        until(lambda: _last_step(out) >= 4, 240, say)
         # a job of the high partition that needs both nodes whole: the scheduler preempts ours by requeueing it
-        high = _sbatch(env, "-p", "high", "--nodes=2", "--ntasks-per-node=1", f"--cpus-per-task="
+        high = sbatch(env, "-p", "high", "--nodes=2", "--ntasks-per-node=1", f"--cpus-per-task="
                        f"{local_slurm.CPUS_PER_NODE}", f"--output={tmp_path / 'high.out'}", "--wrap", "sleep 2")
-        _until(lambda: _job(env, job).get("JobState") == "PENDING", 120, say)
+        until(lambda: slurm_job(env, job).get("JobState") == "PENDING", 120, say)
         # SLURM holds a requeued job back 121 s (BeginTime); an operator lets it go at once
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-        _until(lambda: _job(env, high).get("JobState") == "COMPLETED", 120, lambda: f"high: {_job(env, high)}")
-        _until(lambda: _job(env, job).get("JobState") == "COMPLETED", 300, say)
+        until(lambda: slurm_job(env, high).get("JobState") == "COMPLETED", 120, lambda: f"high: {slurm_job(env, high)}")
+        until(lambda: slurm_job(env, job).get("JobState") == "COMPLETED", 300, say)
         return job
 
     _, job = concurrently(lambda: deepspeed("launch/train.py", "configs/tiny/text.yaml", [*common(work, ref), *RUN],

@@ -8,8 +8,6 @@ two nodes, accelerate, and the sweeps' commands.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import struct
 import subprocess
 import sys
@@ -20,7 +18,6 @@ import torch
 from launching import (
     BIN,
     ENV,
-    LAUNCH_TIMEOUT,
     ROOT,
     SWEEPS,
     assert_loss_falls,
@@ -32,7 +29,6 @@ from launching import (
     log_tail,
     records,
     run,
-    stacks_of,
     sweep_sample,
 )
 
@@ -278,30 +274,6 @@ def test_two_rank_checkpoint_resumes_on_one_rank(work, features):
     assert json.loads((out / "final.json").read_text())["world_size"] == 1
 
 
-def _two_nodes(work: dict, features: Path, logs: Path) -> tuple[list[int], Path]:
-    """Two deepspeed launchers on this machine, one per node of a two-node hostfile (--no_ssh)."""
-    out = work["base"] / "fusion_nodes"
-    hostfile = logs / "hostfile"
-    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    port = free_port()
-    cmd = lambda rank: [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),  # noqa: E731
-                        "--master_addr", "127.0.0.1", "--master_port", str(port), "launch/train.py",
-                        "--config", "configs/tiny/fusion.yaml",
-                        *fusion_args(work, features, out, "deepspeed=configs/ds/zero3.json", "train.epochs=12",
-                                     "train.lr=5e-3")]
-    logs_ = [(logs / f"node{i}.log").open("w") for i in range(2)]
-    procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=ENV, stdout=logs_[i], stderr=subprocess.STDOUT,
-                              start_new_session=True) for i in range(2)]
-    try:
-        rcs = [p.wait(timeout=LAUNCH_TIMEOUT) for p in procs]
-    except subprocess.TimeoutExpired:
-        stacks = "\n".join(stacks_of(p.pid) for p in procs)
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail(f"two nodes still running after {LAUNCH_TIMEOUT:.0f} s; killed.\n{stacks}")
-    return rcs, out
-
-
 def _accelerate(work: dict, features: Path) -> tuple[int, Path]:
     out = work["base"] / "fusion_accelerate"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_zero2.yaml",
@@ -326,22 +298,13 @@ def _sweep(name: str, work: dict, features: Path) -> tuple[int, Path]:
 
 @pytest.fixture(scope="module")
 def launched(work, features, tmp_path_factory) -> dict:
-    """Independent launches over the features (extraction again, two nodes, accelerate, each sweep's
+    """Independent launches over the features (extraction again, accelerate, each sweep's
     command), two at a time; each test checks its own. (The rerun rewrites index.json atomically.)"""
     logs = tmp_path_factory.mktemp("launched")
     calls = {"extract_again": lambda: _extract_again(features, work["shards"]),
-             "two_nodes": lambda: _two_nodes(work, features, logs),
              "accelerate": lambda: _accelerate(work, features),
              **{name: (lambda n=name: _sweep(n, work, features)) for name in SWEEPS}}
     return {**dict(zip(calls, concurrently(*calls.values()), strict=True)), "logs": logs}
-
-
-@pytest.mark.launch
-def test_two_nodes_on_one_machine(launched):
-    rcs, out = launched["two_nodes"]
-    assert rcs == [0, 0], log_tail(launched["logs"] / "node0.log")
-    assert json.loads((out / "final.json").read_text())["world_size"] == 2
-    assert_loss_falls(out)
 
 
 @pytest.mark.launch
