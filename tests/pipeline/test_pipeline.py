@@ -18,6 +18,7 @@ from PIL import Image
 from m2fdist.cli import main as cli
 from m2fdist.common.media import encode_utterance
 from m2fdist.config.errors import ConfigError
+from m2fdist.inference.export import export
 from m2fdist.pipeline import Pipeline, PipelineConfig, seed_plan
 from m2fdist.pipeline import load as load_pipeline
 from m2fdist.raw.base import make_key
