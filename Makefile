@@ -5,9 +5,10 @@ UV := .tools/bin/uv
 UV_VERSION := 0.13.9
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
-# Bytecode written once at install: uv writes none by default, and where PYTHONDONTWRITEBYTECODE is set (as on our
-# machines this suite was timed on) Python then compiled torch, deepspeed and transformers from source in every process. A deepspeed
-# launch of the tiny fusion stage (runner, launcher, 2 ranks) took 85 s and 55 s of CPU without, 42 s and 22 s with.
+# Bytecode written once at install: uv writes none by default, and where PYTHONDONTWRITEBYTECODE is set (as on
+# the machines this suite was timed on) every process compiled torch, deepspeed and transformers from source. One
+# deepspeed launch of the tiny fusion stage (runner, launcher, 2 ranks) took 85 s and 55 s of CPU without, 42 s
+# and 22 s with.
 export UV_COMPILE_BYTECODE := 1
 DEMO := demo
 
