@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from launching import deepspeed, fusion_args
+from launching import concurrently, deepspeed, fusion_args
 from PIL import Image
 
 from m2fdist.cli import main as cli
@@ -33,11 +33,12 @@ def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_fact
     runs.mkdir()
     for stage, src in (("text", text_run), ("audio", audio_run), ("visual", visual_run)):
         shutil.copytree(src, runs / stage, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
-    for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"])):
-        deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
-                  fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]",
-                              "precision=fp32", *extra),
-                  runs / f"{name}.log")
+    # the fused model and the T ablation are independent: two launches side by side
+    concurrently(*(lambda name=name, extra=extra: deepspeed(
+        "launch/train.py", "configs/tiny/fusion.yaml",
+        fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]", "precision=fp32",
+                    *extra), runs / f"{name}.log")
+        for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"]))))
     export(runs / "fusion")  # the best checkpoint on dev, as the pipeline ships it
     Pipeline(PipelineConfig(runs=str(runs))).bundle()  # RUNS/model, what predict loads
     return runs
