@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from filesystems import tmpfs
-from launching import BIN, ENV, common, concurrently, deepspeed, local_slurm
+from launching import BIN, ENV, STOPPABLE_RUN, common, concurrently, deepspeed, local_slurm
 
 from m2fdist.data.texts import shard_texts
 from m2fdist.inference.export import export
@@ -199,6 +201,28 @@ def features(work, text_run, audio_run, visual_run) -> Path:
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def unstopped_text_run(work) -> Callable[[], Future]:
+    """``start()``: the uninterrupted run of STOPPABLE_RUN (text stage, 2 ranks), started in a thread at the first
+    call, so it runs beside that caller's own launch; later callers get the same future, most likely done."""
+    out = work["base"] / "text_unstopped"
+    pool = ThreadPoolExecutor(1)
+    futures: list[Future] = []
+
+    def launch() -> Path:
+        deepspeed("launch/train.py", "configs/tiny/text.yaml", [*common(work, out), *STOPPABLE_RUN],
+                  work["base"] / "text_unstopped.log")
+        return out
+
+    def start() -> Future:
+        if not futures:
+            futures.append(pool.submit(launch))
+        return futures[0]
+
+    yield start
+    pool.shutdown(wait=True)
 
 
 # -- dialog features written in-process (extraction's format), for config checks without a launch -----------

@@ -126,6 +126,13 @@ def common(work: dict, out: Path) -> list[str]:
     return [f"data.shards={work['shards']}", f"output_dir={out}", f"text.model={work['roberta']}"]
 
 
+# batch 1 on 2 ranks: about 15 steps an epoch, so a stop lands mid-epoch. The run tests/training/test_preemption.py
+# stops and test_slurm.py preempts; both compare it with one uninterrupted run of it (conftest.unstopped_text_run).
+STOPPABLE_RUN = ["data.batch_size=1", "train.max_steps=40", "train.log_every=1", "train.warmup_steps=0",
+                 "data.eval_splits=[dev]", "wandb.mode=disabled", "precision=fp32",
+                 "deepspeed=configs/ds/zero2_fp32.json"]
+
+
 def sweep_command(spec: dict, params: dict) -> list[str]:
     """The argv a W&B agent runs for these sampled parameters (wandb's own helpers, as in wandb_agent)."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args

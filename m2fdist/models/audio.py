@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchaudio
-import torchvision
 from torch import Tensor, nn
 
 from m2fdist.common.media import SAMPLE_RATE
@@ -65,6 +63,11 @@ class AudioExtractor(nn.Module):
     def __init__(self, config: AudioConfig | None = None):
         super().__init__()
         self.config = c = config or AudioConfig()
+        # here, not at the top: torchvision's import is ~3 s of CPU (2 cores), and every rank imports this module
+        # (config.schema holds AudioConfig) though only the audio stage and extraction build the extractor
+        import torchaudio
+        import torchvision
+
         # on the CPU even inside a meta-device build (an export is checked against its weights that way first):
         # torchaudio computes the mel filters as it builds them, and looks at their values
         with warnings.catch_warnings(), torch.device("cpu"):

@@ -23,11 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from m2fdist.format.exports import load_weights
+
+
+def roi_align(images: Tensor, rois: Tensor, size: tuple[int, int], aligned: bool) -> Tensor:
+    """torchvision.ops.roi_align, torchvision imported at first use (here and below, on purpose): its import is
+    ~3 s of CPU on 2 cores, and every rank imports this module (config.schema holds VisualConfig) though only
+    the visual stage and extraction build a visual model."""
+    from torchvision.ops import roi_align as op
+
+    return op(images, rois, size, aligned=aligned)
 
 
 @dataclass
@@ -97,6 +104,8 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 def download_weights(name: str) -> dict[str, Tensor]:
     """Weights through the libraries' own download APIs (cached in the torch hub folder after the first)."""
     if name == "imagenet":
+        import torchvision  # here, not at the top: see roi_align
+
         return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
     # here, not at the top: facenet-pytorch only where a face branch is built
     from facenet_pytorch import InceptionResnetV1
@@ -127,6 +136,8 @@ class Embedder(nn.Module):
     def __init__(self, embed_dim: int, backbone: str = "resnet18"):
         super().__init__()
         if backbone == "resnet18":
+            import torchvision  # here, not at the top: see roi_align
+
             net = torchvision.models.resnet18(weights=None)
             net.fc = nn.Identity()
             width = 512

@@ -372,9 +372,10 @@ def _text_run(shards: Path, model: Path, out: Path, extra: list[str], log: Path,
 
 
 def _extract(shards: Path, export: Path, out: Path, log: Path) -> dict:
+    """Text features from ``export`` under the launcher, one rank (extraction over 2 ranks: tests/training)."""
     deepspeed("launch/extract.py", "configs/tiny/extract.yaml",
               [f"data.shards={shards}", f"extract.out={out}", f"extract.text={export}", "extract.audio=''",
-               "extract.visual=''"], log)
+               "extract.visual=''"], log, n=1)
     return json.loads((out / "index.json").read_text())
 
 
@@ -449,7 +450,7 @@ def _export_extract_and_fuse(llama: Path, a: Path, meld_shards: tuple[Path, dict
     deepspeed("launch/train.py", "configs/tiny/fusion.yaml",
               [f"data.shards={tmp_path / 'features'}", f"output_dir={fusion}", "fusion.modalities=T",
                "fusion.fusion=concat", "fusion.dim_text=32", "train.max_steps=4", "data.eval_splits=[dev]",
-               "wandb.mode=disabled"], tmp_path / "fusion.log")
+               "wandb.mode=disabled"], tmp_path / "fusion.log", n=1)  # what is checked: the features train
     final = json.loads((fusion / "final.json").read_text())
     assert final["step"] == 4 and 0 <= final["metrics"]["dev"]["weighted_f1"] <= 1
 

@@ -12,16 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from launching import BIN, ENV, ROOT, common, concurrently, deepspeed, log_tail, records
+from launching import BIN, ENV, ROOT, STOPPABLE_RUN, common, deepspeed, log_tail, records
 
 from m2fdist.runtime.process import free_port
 from m2fdist.training import checkpoint
 
 pytestmark = pytest.mark.launch
 
-# batch 1 on 2 ranks: about 15 steps an epoch over the tiny train split, so both stops land mid-epoch
-RUN = ["data.batch_size=1", "train.max_steps=40", "train.log_every=1", "train.warmup_steps=0",
-       "data.eval_splits=[dev]", "wandb.mode=disabled", "precision=fp32", "deepspeed=configs/ds/zero2_fp32.json"]
+RUN = STOPPABLE_RUN  # batch 1 on 2 ranks: ~15 steps an epoch over the tiny train split, so both stops land mid-epoch
 
 
 def _start(work: dict, out: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -78,8 +76,8 @@ def _saved_at(log: Path, ckpt: Path) -> int:
     return step
 
 
-def test_a_stopped_run_saves_its_step_and_resumes_exactly(work, tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "run"
+def test_a_stopped_run_saves_its_step_and_resumes_exactly(work, unstopped_text_run, tmp_path):
+    out = tmp_path / "run"
 
     def stopped_by_slurm() -> int:
         proc = _start(work, out, tmp_path / "a.log")
@@ -89,9 +87,8 @@ def test_a_stopped_run_saves_its_step_and_resumes_exactly(work, tmp_path):
         assert _gone(proc.pid), f"left behind: {_group(proc.pid)}"
         return proc.returncode
 
-    _, rc = concurrently(lambda: deepspeed("launch/train.py", "configs/tiny/text.yaml",
-                                           [*common(work, ref), *RUN], tmp_path / "ref.log"),
-                         stopped_by_slurm)
+    ref = unstopped_text_run()  # the uninterrupted run, beside the stopped one
+    rc = stopped_by_slurm()
     text = (tmp_path / "a.log").read_text(errors="replace")
     assert rc != 0 and not (out / "final.json").exists(), log_tail(tmp_path / "a.log")
     assert text.count("SIGTERM received: saving a checkpoint at the next step") == 2  # each rank caught it
@@ -111,7 +108,7 @@ def test_a_stopped_run_saves_its_step_and_resumes_exactly(work, tmp_path):
     deepspeed("launch/train.py", "configs/tiny/text.yaml", [*common(work, out), *RUN, "resume=auto"],
               tmp_path / "c.log")
     assert [r["step"] for r in records(out)] == list(range(1, 41))  # every step once, none lost or doubled
-    expected = {r["step"]: r["loss"] for r in records(ref)}
+    expected = {r["step"]: r["loss"] for r in records(ref.result())}
     assert [r["loss"] for r in records(out)] == pytest.approx([expected[s] for s in range(1, 41)], rel=1e-6,
                                                              abs=1e-7)
     assert json.loads((out / "final.json").read_text())["step"] == 40

@@ -10,13 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launching import common, concurrently, deepspeed, local_slurm, log_tail, records, sbatch, slurm_job, until
+from launching import STOPPABLE_RUN, common, local_slurm, log_tail, records, sbatch, slurm_job, until
 
 pytestmark = pytest.mark.launch
 
-# batch 1 on 2 ranks: about 15 steps an epoch, so the preemption lands mid-epoch
-RUN = ["data.batch_size=1", "train.max_steps=40", "train.log_every=1", "train.warmup_steps=0",
-       "data.eval_splits=[dev]", "wandb.mode=disabled", "precision=fp32", "deepspeed=configs/ds/zero2_fp32.json"]
+RUN = STOPPABLE_RUN  # batch 1 on 2 ranks: about 15 steps an epoch, so the preemption lands mid-epoch
 
 
 def _last_step(out: Path) -> int:
@@ -26,9 +24,9 @@ def _last_step(out: Path) -> int:
         return 0
 
 
-def test_a_preempted_two_node_job_requeues_and_resumes_exactly(slurm, work, tmp_path):
+def test_a_preempted_two_node_job_requeues_and_resumes_exactly(slurm, work, unstopped_text_run, tmp_path):
     env, folder = slurm
-    out, ref, joblog = tmp_path / "run", tmp_path / "ref", tmp_path / "job.out"
+    out, joblog = tmp_path / "run", tmp_path / "job.out"
 
     def on_slurm() -> str:
         job = sbatch(env, "--nodes=2", f"--output={joblog}", "--time=20", "launch/slurm.sbatch",
@@ -45,9 +43,8 @@ def test_a_preempted_two_node_job_requeues_and_resumes_exactly(slurm, work, tmp_
         until(lambda: slurm_job(env, job).get("JobState") == "COMPLETED", 300, say)
         return job
 
-    _, job = concurrently(lambda: deepspeed("launch/train.py", "configs/tiny/text.yaml", [*common(work, ref), *RUN],
-                                            tmp_path / "ref.log"),
-                          on_slurm)
+    ref = unstopped_text_run()  # the uninterrupted run: test_preemption's, or started now beside the job
+    on_slurm()
     text = joblog.read_text(errors="replace")
     assert "(restart 0)" in text and "(restart 1)" in text, text[-3000:]  # one output file, appended
     # each node's rank caught the preemption's first signal (SIGTERM, or the job's --signal=USR1 sent with it)
@@ -58,6 +55,6 @@ def test_a_preempted_two_node_job_requeues_and_resumes_exactly(slurm, work, tmp_
     final = json.loads((out / "final.json").read_text())
     assert final["world_size"] == 2 and final["step"] == 40
     assert [r["step"] for r in records(out)] == list(range(1, 41)), log_tail(joblog)  # every step once
-    expected = {r["step"]: r["loss"] for r in records(ref)}
+    expected = {r["step"]: r["loss"] for r in records(ref.result())}
     assert [r["loss"] for r in records(out)] == pytest.approx([expected[s] for s in range(1, 41)], rel=1e-6,
                                                              abs=1e-7)
