@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from filesystems import tmpfs
-from launching import BIN, ENV, STOPPABLE_RUN, common, concurrently, deepspeed, local_slurm
+from launching import BIN, ENV, STOPPABLE_RUN, common, concurrently, deepspeed, fusion_args, local_slurm
 
 from m2fdist.data.texts import shard_texts
 from m2fdist.inference.export import export
 from m2fdist.models.tiny_text import build_tiny_roberta
 from m2fdist.pack import PackOptions, pack
+from m2fdist.pipeline import Pipeline, PipelineConfig
 from m2fdist.synth import synth_iemocap, synth_meld
 
 # Every test carries exactly one of these (checked at collection): `make test-fast` runs the unit tests alone.
@@ -269,3 +271,23 @@ def write_features(out: Path, dims: dict[str, int], dialogs: int = 2, utterances
 def tiny_features(tmp_path_factory) -> Path:
     """Dialog features of the tiny extractors' widths (text 32, audio 16, visual 32), written in-process."""
     return write_features(tmp_path_factory.mktemp("tiny_features"), TINY_DIMS)
+
+
+# -- the pipeline tests' runs folder (tests/pipeline), assembled once from the stages trained above ----------
+
+@pytest.fixture(scope="session")
+def pipeline_runs(work, text_run, audio_run, visual_run, features, tmp_path_factory) -> Path:
+    """A pipeline runs folder assembled from the trained stages: fused model and the T ablation."""
+    runs = tmp_path_factory.mktemp("pipeline") / "runs"
+    runs.mkdir()
+    for stage, src in (("text", text_run), ("audio", audio_run), ("visual", visual_run)):
+        shutil.copytree(src, runs / stage, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    # the fused model and the T ablation are independent: two launches side by side
+    concurrently(*(lambda name=name, extra=extra: deepspeed(
+        "launch/train.py", "configs/tiny/fusion.yaml",
+        fusion_args(work, features, runs / name, "train.max_steps=4", "data.eval_splits=[dev,test]", "precision=fp32",
+                    *extra), runs / f"{name}.log")
+        for name, extra in (("fusion", []), ("fusion_T", ["fusion.modalities=T", "fusion.fusion=concat"]))))
+    export(runs / "fusion")  # the best checkpoint on dev, as the pipeline ships it
+    Pipeline(PipelineConfig(runs=str(runs))).bundle()  # RUNS/model, what predict loads
+    return runs
