@@ -147,7 +147,7 @@ def test_every_string_key_of_a_run_config_is_private_or_plain():
     plain = {"stage", "dataset", "precision", "data.train_split", "data.train_bad_shards", "text.pooling",
              "text.input_format", "text.finetune", "text.attn_implementation", "text.torch_dtype",
              "text.padding_side", "visual.branches", "visual.face_backbone", "fusion.modalities", "fusion.fusion",
-             "triplet.mining", "triplet.recipe", "train.class_weights", "train.requeue"}
+             "triplet.mining", "triplet.recipe", "train.class_weights", "train.requeue", "train.nonfinite"}
     rewritten = {"text.model", "visual.face_init", "visual.scene_init", "visual.faces"}
     found = set()
     for key, value in RunConfig().to_dict().items():
