@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from meld_text import CSVS, DATA, ROOT, cpu_name, default_model, run_stage
+from meld_text import CSVS, DATA, ROOT, cpu_name, default_model, run_stage, table
 
 SPLITS = ("train", "dev")
 
@@ -87,15 +87,6 @@ def baselines(train: list[dict], dev: list[dict], names: list[str]) -> list[tupl
             best = (m, c)
     rows.append((f"TF-IDF 1-2 grams + logistic regression (C={best[1]:g})", best[0], f"{time.time() - t:.0f} s"))
     return rows
-
-
-def table(rows: list[tuple[str, dict, str]], names: list[str]) -> str:
-    lines = ["| run | dev wF1 | acc | macro F1 | " + " | ".join(names) + " | time |", "|" + "---|" * (5 + len(names))]
-    for name, m, cost in rows:
-        per = " | ".join(f"{100 * m['per_class_f1'][n]:.1f}" for n in names)
-        lines.append(f"| {name} | {100 * m['weighted_f1']:.2f} | {100 * m['accuracy']:.2f} | "
-                     f"{100 * m['macro_f1']:.2f} | {per} | {cost} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

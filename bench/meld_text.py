@@ -194,13 +194,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def table(rows: list[tuple[str, dict, str]]) -> str:
+def table(rows: list[tuple[str, dict, str]], names: list[str] | None = None) -> str:
+    """One markdown table of dev scores, a column per class (``names``; MELD's seven emotions by default)."""
     from m2fdist.common.labels import MELD_LABELS
 
-    head = "| run | dev wF1 | acc | macro F1 | " + " | ".join(MELD_LABELS) + " | time |"
-    lines = [head, "|" + "---|" * (5 + len(MELD_LABELS))]
+    names = list(MELD_LABELS) if names is None else names
+    lines = ["| run | dev wF1 | acc | macro F1 | " + " | ".join(names) + " | time |", "|" + "---|" * (5 + len(names))]
     for name, m, cost in rows:
-        per = " | ".join(f"{100 * m['per_class_f1'][n]:.1f}" for n in MELD_LABELS)
+        per = " | ".join(f"{100 * m['per_class_f1'][n]:.1f}" for n in names)
         lines.append(f"| {name} | {100 * m['weighted_f1']:.2f} | {100 * m['accuracy']:.2f} | "
                      f"{100 * m['macro_f1']:.2f} | {per} | {cost} |")
     return "\n".join(lines)
