@@ -13,18 +13,21 @@ a second signal during the save only sets the flag again), and exits with :data:
 rank 0 first requeues the job (``train.requeue``), and the requeued job's ``resume=auto`` continues exactly.
 
 Processes that would outlive their run are stopped too: a rank started by the deepspeed launcher asks the
-kernel for SIGTERM when the launcher dies (``PR_SET_PDEATHSIG``), and watches the runner above the launcher: a
-SIGTERM to the runner alone (``Popen.terminate()``, a W&B agent) leaves the launcher and ranks training on,
-re-parented to PID 1, so a rank that sees the runner gone stops as if signalled.
+kernel for SIGTERM when the launcher dies (``PR_SET_PDEATHSIG``), and watches the runner above the launcher
+(a pidfd, woken as it exits): a SIGTERM to the runner alone (``Popen.terminate()``, a W&B agent) leaves the
+launcher and ranks training on, re-parented to PID 1, so a rank that sees the runner gone stops as if signalled.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 # The exit code of a run that stopped on a signal after saving (EX_TEMPFAIL: "try again later").
@@ -77,15 +80,45 @@ class StopRequest:
         if runner is None or "deepspeed" not in _cmdline(runner):
             return True  # a launcher started by pdsh or by hand: the kernel's SIGTERM covers it
 
-        def watch() -> None:
-            stop = threading.Event()
-            while not stop.wait(interval):
-                if _parent_of(launcher) != runner:
-                    self.request(f"the deepspeed runner (pid {runner}) is gone")
-                    return
+        watch = _waiter(runner, launcher, interval)
+        if watch is None:  # the runner went between the two reads
+            self.request(f"the deepspeed runner (pid {runner}) is gone")
+            return True
 
-        threading.Thread(target=watch, name="m2fdist-runner-watch", daemon=True).start()
+        def stop_when_gone() -> None:
+            watch()
+            self.request(f"the deepspeed runner (pid {runner}) is gone")
+
+        threading.Thread(target=stop_when_gone, name="m2fdist-runner-watch", daemon=True).start()
         return True
+
+
+def _waiter(runner: int, launcher: int, interval: float) -> Callable[[], None] | None:
+    """A function that returns once ``runner`` is gone, or None if it is gone already.
+
+    A pidfd (Linux 5.3+) turns readable the moment the process exits, so a rank stops at the very next step (a
+    fast run polled once a second trained on for many steps after its runner died); the launcher's parent is
+    read again after opening it, so the fd names the runner and not a process that took its pid. Without
+    pidfds, the launcher's parent is polled every ``interval`` seconds.
+    """
+    try:
+        fd = os.pidfd_open(runner)
+    except (AttributeError, OSError):
+        fd = None
+    if _parent_of(launcher) != runner:
+        if fd is not None:
+            os.close(fd)
+        return None
+    if fd is not None:
+        def wait_fd() -> None:
+            select.select([fd], [], [])
+            os.close(fd)
+        return wait_fd
+
+    def poll() -> None:
+        while _parent_of(launcher) == runner:
+            time.sleep(interval)
+    return poll
 
 
 def _cmdline(pid: int) -> str:
