@@ -206,6 +206,7 @@ RANGES = (
     ("train.clip", 0.0, True), ("data.num_workers", 0, True), ("data.shuffle_buffer", 0, True),
     ("data.frame_width", 0, True), ("data.frame_height", 0, True), ("triplet.knn", 1, True),
     ("triplet.max_triplets", 1, True), ("triplet.margin", 0.0, True), ("train.max_skips_in_row", 1, True),
+    ("train.peak_tflops", 0.0, True),
 )
 
 

@@ -79,6 +79,9 @@ class TrainConfig:
     # every step).
     nonfinite: str = "stop"
     max_skips_in_row: int = 3  # with nonfinite=skip: one more non-finite step in a row than this stops the run
+    # The device's dense peak TFLOP/s that MFU is taken against. 0: the datasheet table of known GPUs (H100, H200,
+    # A100, ...; bf16 and fp16), and on a CPU a short matmul probe measured at start (logs name which).
+    peak_tflops: float = 0.0
 
 
 # triplet.recipe → (weights of L_AMT, L_Cov, L_Var; weight of the cross-entropy head)

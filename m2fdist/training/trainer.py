@@ -115,7 +115,10 @@ class Trainer:
         # the signals are caught from the start: one during set-up (loading, the first batches) is acted on at
         # the first step
         self.flops_per_unit: float | None = None
-        self.peak: float | None = None  # the device's dense peak TFLOP/s, for MFU (set once the engine is up)
+        self.peak: throughput.Peak | None = None  # what MFU is taken against (set once the engine is up)
+        # (seconds, samples, tokens) this rank trained since the last log line, and over the whole run: the
+        # seconds of optimizer steps only, so an evaluation or a save between steps is not charged to training
+        self.window, self.run_totals = [0.0, 0, 0], [0.0, 0, 0]
         self.stop = preemption.StopRequest()
         self.stop.install(cfg.train.stop_signals)
         self.stop.watch_launcher()
@@ -160,7 +163,7 @@ class Trainer:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         _align_buffers(self.engine.module)
-        self.peak = throughput.peak_tflops(device_of(self.engine.module), self.precision.dtype)
+        self.peak = throughput.run_peak(device_of(self.engine.module), self.precision.dtype, cfg.train.peak_tflops)
         if load:
             self._load(*load)
         self.eval_loaders = {s: self.stage.loader(s, False, self.rank, self.world) for s in cfg.data.eval_splits}
@@ -169,7 +172,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic.write_json(self.out / "config.json", cfg.to_dict())
         self.tracker = Tracker(self.out, {**cfg.to_dict(), "world_size": self.world,
-                                          "precision": self.precision.dtype,
+                                          **throughput.peak_record(self.peak), "precision": self.precision.dtype,
                                           "precision_reason": self.precision.reason},
                                self.rank == 0, cfg.wandb, self.state.wandb_id)
         self.state.wandb_id = self.tracker.run_id
@@ -224,14 +227,15 @@ class Trainer:
                 losses = torch.stack(micro).float().tolist()  # one read to the host per optimizer step
                 micro = []
                 stopping = self._agree(losses)
+                self._count(time.time() - t0, samples, tokens)
                 self.progress.update()
                 if st.step % cfg.train.log_every == 0 or st.step in (1, self.total) or self.skipped_now:
-                    self._log_train(losses, samples, tokens, time.time() - t0)
-                t0, samples, tokens = time.time(), 0, 0
+                    self._log_train(losses)
                 if cfg.train.eval_every and st.step % cfg.train.eval_every == 0:
                     self._evaluate_and_keep_best()
                 if cfg.train.save_every and st.step % cfg.train.save_every == 0:
                     self._save()
+                t0, samples, tokens = time.time(), 0, 0
                 if stopping:
                     return self._stop_here()
                 if kill_at and st.step == kill_at and self.rank == 0:
@@ -256,6 +260,7 @@ class Trainer:
         st = self.state
         peaks: list[Any] = [None] * self.world
         dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        speed = self._rates(self.run_totals)  # this launch's training steps (a resumed run's since it resumed)
         if self.rank == 0:
             chosen = st.best_tag is not None
             summary = {"stage": self.cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
@@ -267,6 +272,9 @@ class Trainer:
                        "last": {"step": st.step, "tag": checkpoint.tag_for(st.step), "metrics": last},
                        "world_size": self.world, "nonfinite_skipped_steps": st.skipped,
                        "peak_rss_mb_per_rank": [round(p) for p in peaks], "torch_threads": torch.get_num_threads(),
+                       "throughput": {**speed, "train_flops_per_unit": self.flops_per_unit,
+                                      "per": "token" if "tokens_per_s" in speed else "sample",
+                                      **throughput.peak_record(self.peak)},
                        "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             atomic.write_json(self.out / "final.json", summary)
 
@@ -344,23 +352,36 @@ class Trainer:
         dist.barrier()
         return preemption.EXIT_PREEMPTED
 
-    def _log_train(self, losses: list[float], samples: int, tokens: int, seconds: float) -> None:
+    def _count(self, seconds: float, samples: int, tokens: int) -> None:
+        for totals in (self.window, self.run_totals):
+            totals[0], totals[1], totals[2] = totals[0] + seconds, totals[1] + samples, totals[2] + tokens
+
+    def _rates(self, totals: list[float]) -> dict[str, float]:
+        """Throughput over ``totals`` (this rank's seconds, samples, tokens), summed over the ranks: one
+        all-reduce, with the slowest rank's seconds (the ranks wait for each other at every step)."""
+        counts = torch.tensor(totals[1:], dtype=torch.float64)
+        seconds = torch.tensor([totals[0]], dtype=torch.float64)
+        dist.all_reduce(counts)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        return throughput.rates(self.flops_per_unit or 0.0, float(counts[0]), float(counts[1]), float(seconds[0]),
+                                self.world, self.peak)
+
+    def _log_train(self, losses: list[float]) -> None:
         """One log line: loss, lr, gradient norm, and the throughput since the last logged step (samples/s,
-        tokens/s for text, TFLOP/s per device and, on a known accelerator, MFU: :mod:`.throughput`)."""
-        stats = torch.tensor([sum(losses) / max(1, len(losses)), samples, tokens], dtype=torch.float64)
+        tokens/s for text, TFLOP/s per device and MFU: :mod:`.throughput`)."""
+        stats = torch.tensor([sum(losses) / max(1, len(losses))], dtype=torch.float64)
         dist.all_reduce(stats)
+        speed, self.window = self._rates(self.window), [0.0, 0, 0]
         norm = self.engine.get_global_grad_norm()
         skipped = {"loss": None, "grad_norm": None, "skipped": "nonfinite"} if self.skipped_now else {}
         values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
                   "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
-                  "nonfinite_skips": len(self.state.skipped), **skipped,
-                  **throughput.rates(self.flops_per_unit or 0.0, float(stats[1]), float(stats[2]), seconds,
-                                     self.world, self.peak)}
+                  "nonfinite_skips": len(self.state.skipped), **skipped, **speed}
         self.tracker.log(self.state.step, values)
         epochs = -(-self.total // self.steps_per_epoch)  # the epoch shown counts from 1, as people count
         loss = "skipped" if self.skipped_now else f"{values['loss']:.4f}"
         self.progress.set_postfix_str(f"epoch {values['epoch'] + 1}/{epochs}, loss {loss}, "
-                                      f"lr {values['lr']:.2e}, {values['samples_per_s']:.1f} samples/s")
+                                      f"lr {values['lr']:.2e}, {throughput.summary(speed)}")
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, tuple[dict[str, Any], Outputs, np.ndarray]]:

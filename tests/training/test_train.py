@@ -158,11 +158,15 @@ def test_text_stage(text_run, work):
     history = wandb_history(text_run)
     logged = {k for row in history for k in row}
     assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s",
-            "train/tflops_per_device", "dev/weighted_f1", "test/accuracy", "dev/f1_neutral"} <= logged
-    # throughput in every log line: tokens/s and TFLOP/s measured; no MFU on a CPU (no known peak)
+            "train/tflops_per_device", "train/mfu", "dev/weighted_f1", "test/accuracy", "dev/f1_neutral"} <= logged
+    # throughput in every log line: tokens/s, TFLOP/s and MFU against the CPU's measured matmul probe, said so
     train = records(text_run)
     assert all(r["tokens_per_s"] > r["samples_per_s"] > 0 and r["tflops_per_device"] > 0 for r in train)
-    assert not any("mfu" in r for r in train)
+    assert all(0 < r["mfu"] == pytest.approx(r["tflops_per_device"] / final["throughput"]["mfu_peak_tflops"])
+               for r in train)
+    assert "probe" in final["throughput"]["mfu_peak_source"] and final["throughput"]["per"] == "token"
+    assert final["throughput"]["tokens_per_s"] > final["throughput"]["samples_per_s"] > 0
+    assert "tok/s" in bars[-1] and "TFLOP/s" in bars[-1] and "MFU" in bars[-1]
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     assert losses == pytest.approx([r["loss"] for r in records(text_run)])
 
