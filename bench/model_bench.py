@@ -20,14 +20,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from m2fdist.models import AudioExtractor, DialogConfig, M2FNetDialog, TextModel, VisualExtractor
 from m2fdist.models.text_config import TextConfig
 
+# roberta-large's shapes (the paper's text model); the GPU check overrides them for its --tiny run
+ROBERTA_LARGE = {"vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                 "intermediate_size": 4096, "max_position_embeddings": 514, "pad_token_id": 1, "type_vocab_size": 1}
 
-def roberta_large(device: str) -> TextModel:
+
+def roberta_large(device: str, **sizes: int) -> TextModel:
+    """roberta-large + the text stage's head with random weights (``sizes`` override its shapes), on ``device``."""
     from transformers import RobertaConfig, RobertaModel
 
-    config = RobertaConfig(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                           intermediate_size=4096, max_position_embeddings=514, pad_token_id=1, type_vocab_size=1)
-    encoder = RobertaModel(config, add_pooling_layer=False)
-    return TextModel(encoder, tokenizer=None, config=TextConfig(num_classes=7)).to(device)
+    config = RobertaConfig(**{**ROBERTA_LARGE, **sizes})
+    with torch.device(device):  # initialised where it runs: no 355 M-parameter copy from the CPU
+        encoder = RobertaModel(config, add_pooling_layer=False)
+        return TextModel(encoder, tokenizer=None, config=TextConfig(num_classes=7))
 
 
 def face_frames(b: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

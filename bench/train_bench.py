@@ -57,11 +57,10 @@ def prepare(work: Path) -> dict[str, Path]:
         subprocess.run([str(BIN / "m2fdist"), "tiny-text", "--shards", str(paths["shards"]), "--out",
                         str(paths["tiny"])], check=True, capture_output=True)
     if not paths["large"].exists():
+        from model_bench import ROBERTA_LARGE
         from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-        config = RobertaConfig(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                               intermediate_size=4096, max_position_embeddings=514, pad_token_id=1,
-                               type_vocab_size=1)
+        config = RobertaConfig(**ROBERTA_LARGE)
         RobertaModel(config, add_pooling_layer=False).save_pretrained(paths["large"])
         AutoTokenizer.from_pretrained(paths["tiny"]).save_pretrained(paths["large"])
     index = load_index(paths["shards"])
