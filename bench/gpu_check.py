@@ -179,6 +179,8 @@ def configs(sizes: Sizes, shards: Path) -> dict[str, Any]:
             out[row] = read_config(ROOT / path, [*common, *dims, *extra])
         else:
             out[row] = load_config(ROOT / path, [*common, *extra])
+        if not Path(out[row].deepspeed).is_absolute():  # the JSON is read relative to the working directory
+            out[row].deepspeed = str(ROOT / out[row].deepspeed)
     return out
 
 
