@@ -25,23 +25,29 @@ after each; memory is the row's peak allocated on the GPU (on CPU: the process's
 when ``--deadline`` has passed are recorded as skipped. ``--tiny`` runs every row at tiny shapes through the
 same code, on CPU in about a minute (tests/bench/test_gpu_check.py).
 
-The GPU image lacks deepspeed, webdataset and decord. Wheels of uv.lock's versions, made here once for the
-image's Python (3.12 below; ``python3 -V`` there), go into wheels/ (git-ignored):
+The GPU image lacks deepspeed, webdataset and decord. Wheels of uv.lock's versions for the image's Python
+(3.12 below; ``python3 -V`` there) go into wheels/ (git-ignored), made here once with the Makefile's pip and uv
+(.venv has no pip of its own); pip takes a platform wheel only for the tags named, hence the list:
 
-    .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \\
-        -d wheels decord2==3.4.0 webdataset==1.0.2 braceexpand==0.1.7 hjson==3.1.0 py-cpuinfo==9.0.0 \\
-        msgpack==1.2.4 ninja==1.13.2 einops==0.8.2
-    DS_BUILD_OPS=0 .venv/bin/pip wheel --no-deps --no-build-isolation -w wheels deepspeed==0.19.8
+    .tools/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 -d wheels \\
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
+        decord2==3.4.0 webdataset==1.0.2 braceexpand==0.1.7 hjson==3.1.0 py-cpuinfo==9.0.0 msgpack==1.2.4 \\
+        ninja==1.13.2 einops==0.8.2
+    .tools/bin/pip download --no-deps --no-binary=:all: -d wheels/sdist deepspeed==0.19.8
+    DS_BUILD_OPS=0 .tools/bin/uv build --wheel --no-build-isolation --python .venv/bin/python -o wheels \\
+        wheels/sdist/deepspeed-0.19.8.tar.gz
 
-deepspeed is an sdist; with DS_BUILD_OPS=0 it builds no op (it compiles them at run time), so no CUDA is needed
-here. The device tool carries wheels/ with the working tree (``carry=["wheels"]``, 64 MiB at most; decord2 is
-26 MB); there:
+deepspeed is an sdist whose setup.py imports torch (hence the venv's Python, without isolation); with
+DS_BUILD_OPS=0 it compiles no op (it builds them at run time), so no CUDA is needed and the wheel is
+py3-none-any (2 MB; 29 MB in all, 26 of them decord2's). The device tool carries wheels/ with the working tree
+(``carry=["wheels"]``, 64 MiB at most); there:
 
     pip install --no-index --find-links wheels deepspeed==0.19.8 webdataset==1.0.2 decord2==3.4.0
     PYTHONPATH=$PWD python bench/gpu_check.py --json $OUT/gpu.json
 
-(``--no-index --find-links`` takes what the image lacks from wheels/ and stops, naming it, if a dependency is in
-neither.) The script checks its imports before it starts, so a missing package costs seconds, not the lease.
+(``--no-index --find-links`` takes what the image lacks from wheels/ and stops, naming it, when a dependency is
+in neither: add that wheel the same way.) The script checks its imports before it starts, so a missing package
+costs seconds, not the lease.
 
     .venv/bin/python bench/gpu_check.py --tiny [--json FILE]        # CPU, tiny shapes, about a minute
 """
