@@ -193,7 +193,7 @@ def configs(sizes: Sizes, shards: Path) -> dict[str, Any]:
 def train_rates(model: torch.nn.Module, loss: Callable[[], torch.Tensor], batch: dict[str, Any],
                 dev: torch.device, box: Box) -> dict[str, float]:
     """AdamW steps on ``loss`` under bf16 autocast: samples/s, tokens/s, TFLOP/s, MFU (throughput.py's)."""
-    from m2fdist.training.throughput import peak_tflops, rates, train_flops_per_unit, units
+    from m2fdist.training.throughput import rates, run_peak, train_flops_per_unit, units
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
@@ -215,7 +215,7 @@ def train_rates(model: torch.nn.Module, loss: Callable[[], torch.Tensor], batch:
         torch.backends.mha.set_fastpath_enabled(True)
     n, seconds = box.run(step, dev)
     samples, tokens = units(batch)
-    return rates(flops, samples * n, tokens * n, seconds, 1, peak_tflops(dev, "bf16"))
+    return rates(flops, samples * n, tokens * n, seconds, 1, run_peak(dev, "bf16", None))
 
 
 def text_row(cfg: Any, sizes: Sizes, dev: torch.device, box: Box) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def lora_zero3_row(cfg: Any, sizes: Sizes, dev: torch.device, box: Box) -> dict[
     from m2fdist.runtime.deepspeed_config import deepspeed_config
     from m2fdist.runtime.process import init_distributed, single_process_env
     from m2fdist.training.stages import TextStage
-    from m2fdist.training.throughput import peak_tflops, rates, train_flops_per_unit, units
+    from m2fdist.training.throughput import rates, run_peak, train_flops_per_unit, units
 
     single_process_env()
     init_distributed()
@@ -270,7 +270,7 @@ def lora_zero3_row(cfg: Any, sizes: Sizes, dev: torch.device, box: Box) -> dict[
     flops = train_flops_per_unit(lambda: stage.loss(engine, batch), engine.module, batch)
     n, seconds = box.run(step, dev)
     samples, tokens = units(batch)
-    r = rates(flops, samples * n, tokens * n, seconds, 1, peak_tflops(dev, precision.dtype))
+    r = rates(flops, samples * n, tokens * n, seconds, 1, run_peak(dev, precision.dtype, None))
     every = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in engine.module.parameters()]  # ZeRO-3's
     params, trained = sum(n for n, _ in every), sum(n for n, g in every if g)
     return {"shapes": f"{count(params)} params ({count(trained)} trained, LoRA r{cfg.text.lora.r}), "
