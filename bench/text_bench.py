@@ -100,10 +100,17 @@ def prepare(work: Path, decoder: str | None) -> dict[str, Path]:
     return paths
 
 
+PORT: list[int] = []  # --port: the launches' master port (default: a free one each)
+
+
+def master_port() -> str:
+    return str(PORT[0] if PORT else free_port())
+
+
 def measure(model: Path, args: list[str], steps: int, paths: dict[str, Path], out: Path) -> dict:
     """One m2fdist text-stage launch of ``steps`` steps: samples/s (2 ranks) and peak RSS per rank."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/train.py", "--config",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", master_port(), "launch/train.py", "--config",
            "configs/tiny/text.yaml", f"data.shards={paths['shards']}", f"output_dir={out}", f"text.model={model}",
            f"train.max_steps={steps}", "train.log_every=1", "wandb.mode=disabled", "data.eval_splits=[]",
            "data.num_workers=1", "train.save_every=0", "train.warmup_steps=0", *args]
@@ -175,7 +182,7 @@ def _turns(meta: dict) -> tuple:
 def measure_trainer(paths: dict[str, Path], steps: int, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), __file__, "--trainer-worker",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", master_port(), __file__, "--trainer-worker",
            "--work", str(out), "--shards", str(paths["shards"]), "--steps", str(steps)]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "trainer.json").is_file():
@@ -199,6 +206,7 @@ def main() -> None:
     p.add_argument("--size", default="0.5B", choices=sorted(DECODERS), help="the decoder cells' model size")
     p.add_argument("--modes", default="full,lora", help="decoder fine-tuning modes to run (full, lora)")
     p.add_argument("--zero", default=",".join(ZERO), help=f"ZeRO configs to run, of {list(ZERO)}")
+    p.add_argument("--port", type=int, default=None, help="the launches' master port (default: a free one)")
     p.add_argument("--trainer-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -207,6 +215,7 @@ def main() -> None:
         trainer_worker(args.shards, args.work, args.steps)
         return
     cells = args.cells.split(",")
+    PORT[:] = [args.port] if args.port else []
     work = args.work or Path(tempfile.mkdtemp(prefix="m2fdist-text-bench-"))
     paths = prepare(work, args.size if "decoder" in cells else None)
     print("| model | fine-tuning | ZeRO | samples/s (2 ranks) | peak RSS rank 0 / 1 |")
