@@ -8,7 +8,6 @@ exact resume. Config checks happen before the process group, in the command (:mo
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import signal
@@ -99,6 +98,28 @@ def _align_buffers(module: torch.nn.Module) -> None:
                 setattr(sub, name, buf.to(dtype))
 
 
+def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
+    """AdamW over ``groups``, fused where torch has a fused kernel for every parameter's device and dtype.
+
+    torch's default on a CPU is the single-tensor loop (foreach only on CUDA): on 2 CPU ranks that update took
+    three times the HF Trainer's ``adamw_torch_fused`` (py-spy, MiniLM). The fused kernel (CPU, CUDA, XPU,
+    MPS...; float, double, half, bf16) does the same arithmetic in one pass. DeepSpeed keeps the client optimizer
+    and swaps its params for its fp32 partitions (ZeRO 1-3, bf16/fp16 master weights), on the same device.
+    Elsewhere (another device, a dtype without the kernel) torch's own default: foreach where it has one.
+    """
+    try:  # torch's own list (private; 2.4-2.11 at least)
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:
+        devices = {"cpu", "cuda"}
+    fused = all(p.device.type in devices and p.dtype in FUSED_DTYPES for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
+FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # AdamW's fused kernel's
+
+
 class NonFiniteTraining(RuntimeError):
     """The loss or the gradient norm went NaN or infinite: the run stops rather than ship a diverged model."""
 
@@ -149,7 +170,7 @@ class Trainer:
                 return (step + 1) / warmup
             return max(0.0, (total - step) / max(1, total - warmup))
 
-        optimizer = torch.optim.AdamW(self.stage.param_groups(model), lr=cfg.train.lr)
+        optimizer = adamw(self.stage.param_groups(model), cfg.train.lr)
         resume = checkpoint.resolve(cfg.resume, self.out)
         load = None
         if resume:
@@ -218,14 +239,13 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 st.batch += 1
-                micro.append(loss.detach())  # on the device: no host sync per micro-step
-                n, k = throughput.units(batch)
+                micro.append(loss.detach())  # on the device: read at log steps (and when not finite)
+                n, k = throughput.units(batch)  # the loader's host-side batch: no device sync
                 samples, tokens = samples + n, tokens + k
                 if st.batch % self.accum:
                     continue
                 st.step += 1
-                losses = torch.stack(micro).float().tolist()  # one read to the host per optimizer step
-                micro = []
+                losses, micro = torch.stack(micro).float(), []
                 stopping = self._agree(losses)
                 self._count(time.time() - t0, samples, tokens)
                 self.progress.update()
@@ -260,7 +280,7 @@ class Trainer:
         st = self.state
         peaks: list[Any] = [None] * self.world
         dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        speed = self._rates(self.run_totals)  # this launch's training steps (a resumed run's since it resumed)
+        speed, _ = self._rates(self.run_totals)  # this launch's training steps (a resumed run's since it resumed)
         if self.rank == 0:
             chosen = st.best_tag is not None
             summary = {"stage": self.cfg.stage, "step": st.step, "epoch": st.epoch, "best_tag": st.best_tag,
@@ -278,10 +298,11 @@ class Trainer:
                        "precision": self.precision.dtype, "precision_reason": self.precision.reason}
             atomic.write_json(self.out / "final.json", summary)
 
-    def _agree(self, losses: list[float]) -> bool:
+    def _agree(self, losses: torch.Tensor) -> bool:
         """After each optimizer step, one all-reduce tells every rank whether any rank's loss or gradient norm
         is not finite (:meth:`_nonfinite`: stop, or skip) and whether any rank was asked to stop (returns True:
-        every rank saves this step and stops together).
+        every rank saves this step and stops together). The check runs on the device: the flags' read after the
+        all-reduce is the step's one host sync; the losses themselves stay there until a log line.
 
         A diverged model must never be evaluated, saved or marked best: argmax of NaN logits is class 0, the
         majority class, whose scores look plausible. (Lightning's ``EarlyStopping(check_finite=True)`` and
@@ -292,16 +313,18 @@ class Trainer:
         norm = self.engine.get_global_grad_norm()
         unapplied = self.engine.skipped_steps > self.ds_skipped  # DeepSpeed left weights and optimizer as they were
         self.ds_skipped = self.engine.skipped_steps
-        bad_norm = norm is not None and not math.isfinite(float(norm)) and self.precision.dtype != "fp16"
-        bad = not all(math.isfinite(x) for x in losses) or bad_norm
-        flag = torch.tensor([float(bad), float(self.stop.requested)], dtype=torch.float64)
+        bad = ~torch.isfinite(losses).all()
+        if norm is not None and self.precision.dtype != "fp16":
+            bad = bad | ~torch.isfinite(torch.as_tensor(norm, device=losses.device)).all()
+        flag = torch.stack([bad.float(), torch.tensor(float(self.stop.requested), device=losses.device)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        nonfinite, stop = flag.tolist()
         self.skipped_now = False
-        if flag[0].item():
-            self._nonfinite(losses, norm, unapplied)
+        if nonfinite:
+            self._nonfinite(losses.tolist(), None if norm is None else float(norm), unapplied)
         else:
             self.state.skips_in_row = 0
-        return bool(flag[1].item())
+        return bool(stop)
 
     def _nonfinite(self, losses: list[float], norm: float | None, unapplied: bool) -> None:
         """A non-finite step: skipped and counted under ``train.nonfinite=skip``, else (or once
@@ -356,25 +379,29 @@ class Trainer:
         for totals in (self.window, self.run_totals):
             totals[0], totals[1], totals[2] = totals[0] + seconds, totals[1] + samples, totals[2] + tokens
 
-    def _rates(self, totals: list[float]) -> dict[str, float]:
-        """Throughput over ``totals`` (this rank's seconds, samples, tokens), summed over the ranks: one
-        all-reduce, with the slowest rank's seconds (the ranks wait for each other at every step)."""
-        counts = torch.tensor(totals[1:], dtype=torch.float64)
-        seconds = torch.tensor([totals[0]], dtype=torch.float64)
-        dist.all_reduce(counts)
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        return throughput.rates(self.flops_per_unit or 0.0, float(counts[0]), float(counts[1]), float(seconds[0]),
-                                self.world, self.peak)
+    def _rates(self, totals: list[float], loss: torch.Tensor | None = None) -> tuple[dict[str, float], float]:
+        """Throughput over ``totals`` (this rank's seconds, samples, tokens), summed over the ranks, with the
+        slowest rank's seconds (the ranks wait for each other at every step), and ``loss`` (this rank's, on
+        the device) averaged over the ranks: one all-gather and one host read for the whole log line."""
+        device = self.engine.device
+        mine = torch.tensor(totals, dtype=torch.float64, device=device)
+        mine = torch.cat([mine, (loss if loss is not None else torch.zeros(())).to(device, torch.float64)[None]])
+        rows = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(rows, mine)
+        table = torch.stack(rows)
+        sums = table.sum(0)
+        sums[0] = table[:, 0].max()
+        seconds, samples, tokens, losses = sums.tolist()
+        return (throughput.rates(self.flops_per_unit or 0.0, samples, tokens, seconds, self.world, self.peak),
+                losses / self.world)
 
-    def _log_train(self, losses: list[float]) -> None:
+    def _log_train(self, losses: torch.Tensor) -> None:
         """One log line: loss, lr, gradient norm, and the throughput since the last logged step (samples/s,
-        tokens/s for text, TFLOP/s per device and MFU: :mod:`.throughput`)."""
-        stats = torch.tensor([sum(losses) / max(1, len(losses))], dtype=torch.float64)
-        dist.all_reduce(stats)
-        speed, self.window = self._rates(self.window), [0.0, 0, 0]
+        tokens/s for text, TFLOP/s per device and MFU: :mod:`.throughput`). The step's losses are read here."""
+        (speed, loss), self.window = self._rates(self.window, losses.double().mean()), [0.0, 0, 0]
         norm = self.engine.get_global_grad_norm()
         skipped = {"loss": None, "grad_norm": None, "skipped": "nonfinite"} if self.skipped_now else {}
-        values = {"loss": float(stats[0]) / self.world, "lr": self.scheduler.get_last_lr()[-1],
+        values = {"loss": loss, "lr": self.scheduler.get_last_lr()[-1],
                   "grad_norm": float(norm) if norm is not None else None, "epoch": self.state.epoch,
                   "nonfinite_skips": len(self.state.skipped), **skipped, **speed}
         self.tracker.log(self.state.step, values)
