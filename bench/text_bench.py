@@ -2,16 +2,18 @@
 
 Every m2fdist cell is a real `deepspeed --num_gpus 2 launch/train.py` run on CPU (DS_ACCELERATOR=cpu, bf16,
 2 gloo ranks) on a synthetic MELD corpus; samples/s is the median over logged steps after the first, memory
-each rank's peak RSS (final.json). Cells:
+each rank's peak RSS (final.json); ``--json FILE`` writes every cell (samples/s, tokens/s, peak RSS per rank)
+and the CPU it ran on, for comparing runs without parsing the table. Cells:
 
 - ``minilm``: the real all-MiniLM-L6-v2 (22.7 M parameters), full fine-tuning, ZeRO-2;
 - ``decoder``: a random decoder of ~0.5 B parameters (Llama architecture at Qwen2.5-0.5B's sizes: 24 layers,
   hidden 896, 14 heads / 2 KV heads, 151 936-token embedding table), full fine-tuning vs LoRA (r 16, q/k/v/o)
   under ZeRO-2, ZeRO-3 and ZeRO-3 with the optimizer offloaded to the CPU;
 - ``trainer``: Hugging Face's Trainer on the same MiniLM, the same token ids, micro-batch and DeepSpeed JSON,
-  also 2 ranks under the deepspeed launcher, beside the ``minilm`` cell: the ratio m2fdist / Trainer.
+  also 2 ranks under the deepspeed launcher with m2fdist's thread policy (cores / ranks), beside the
+  ``minilm`` cell: the ratio m2fdist / Trainer.
 
-    nice -n 10 .venv/bin/python bench/text_bench.py [--cells minilm,trainer,decoder] [--steps 4] [--work DIR]
+    nice -n 10 .venv/bin/python bench/text_bench.py [--cells minilm,trainer,decoder] [--steps 4] [--json FILE]
     .venv/bin/python bench/text_bench.py --cells decoder --size 3B --modes lora --zero ZeRO-3   # one larger cell
 
 ``--size`` picks the random decoder's sizes (Qwen2.5's: 0.5B, 1.5B, 3B, 7B), ``--modes`` (full, lora) and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -118,11 +121,11 @@ def measure(model: Path, args: list[str], steps: int, paths: dict[str, Path], ou
     if proc.returncode != 0:
         return {"error": (proc.stdout + proc.stderr)[-600:]}
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["samples_per_s"] for r in rows if r["kind"] == "train" and r["step"] > 1]
+    logged = [r for r in rows if r["kind"] == "train" and r["step"] > 1]
     final = json.loads((out / "final.json").read_text())
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the 0.5 B full runs leave GBs of optimizer state
-    return {"samples_per_s": statistics.median(rates) if rates else float("nan"),
-            "peak_mb": final["peak_rss_mb_per_rank"]}
+    return {key: statistics.median(r[key] for r in logged) if logged else float("nan")
+            for key in ("samples_per_s", "tokens_per_s")} | {"peak_mb": final["peak_rss_mb_per_rank"]}
 
 
 def trainer_worker(shards: Path, out: Path, steps: int) -> None:
@@ -141,7 +144,10 @@ def trainer_worker(shards: Path, out: Path, steps: int) -> None:
     from m2fdist.format.index import load_index
     from m2fdist.models.text_inputs import TextBatcher
     from m2fdist.runtime.deepspeed_config import deepspeed_config
+    from m2fdist.runtime.process import own_ninja, share_cores
 
+    share_cores()  # m2fdist's thread policy (cores / ranks): without it 2 ranks ran 4 threads on 2 cores
+    own_ninja()  # else DeepSpeed's CPU comm op is rebuilt here, and again at the next m2fdist launch
     cfg = load_config("configs/tiny/text.yaml", [f"data.shards={shards}", f"text.model={minilm_path()}",
                                                  *MINILM_ARGS])
     world = int(os.environ["WORLD_SIZE"])
@@ -164,15 +170,33 @@ def trainer_worker(shards: Path, out: Path, steps: int) -> None:
             times.append(time.perf_counter())
 
     model = AutoModelForSequenceClassification.from_pretrained(cfg.text.model, num_labels=cfg.num_classes)
+    tokens: list[int] = []  # real tokens of each batch this rank trained on (collate runs in a loader worker)
+    model.register_forward_pre_hook(lambda _m, _a, kw: tokens.append(int(kw["attention_mask"].sum())),
+                                    with_kwargs=True)
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=cfg.data.batch_size, max_steps=steps, learning_rate=1e-5,
         weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.clip, bf16=True, use_cpu=True,
         deepspeed=ds, report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=1,
         remove_unused_columns=False, lr_scheduler_type="linear", warmup_steps=0)
     Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
-    if int(os.environ.get("RANK", 0)) == 0:
-        step_s = statistics.median(b - a for a, b in zip(times[1:], times[2:], strict=False))
-        (out / "trainer.json").write_text(json.dumps({"samples_per_s": cfg.data.batch_size * world / step_s}))
+    _trainer_result(out / "trainer.json", times, tokens, cfg.data.batch_size * world)
+
+
+def _trainer_result(path: Path, times: list[float], tokens: list[int], global_batch: int) -> None:
+    """Rank 0 writes the HF run's figures as :func:`measure` reads m2fdist's: samples/s from the median step
+    after the first two (the first pays for warm-up), tokens/s at rank 0's real tokens per sample, and every
+    rank's peak RSS (gathered: the Trainer writes no final.json)."""
+    import torch.distributed as dist
+
+    peaks: list = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if dist.get_rank() != 0:
+        return
+    step_s = statistics.median(b - a for a, b in zip(times[1:], times[2:], strict=False))
+    samples_per_s = global_batch / step_s
+    per_sample = sum(tokens) / max(1, len(tokens) * global_batch / dist.get_world_size())
+    path.write_text(json.dumps({"samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * per_sample,
+                                "peak_mb": [round(p) for p in peaks]}))
 
 
 def _turns(meta: dict) -> tuple:
@@ -190,12 +214,70 @@ def measure_trainer(paths: dict[str, Path], steps: int, out: Path) -> dict:
     return json.loads((out / "trainer.json").read_text())
 
 
-def row(name: str, mode: str, zero: str, r: dict) -> str:
-    if "error" in r:
-        return f"| {name} | {mode} | {zero} | failed: {r['error'][-160:]!r} | |"
-    peak = r.get("peak_mb")
-    mem = " / ".join(f"{p / 1024:.1f}" for p in peak) + " GB" if peak else "—"
-    return f"| {name} | {mode} | {zero} | {r['samples_per_s']:.2f} | {mem} |"
+def cell(name: str, model: str, mode: str, zero: str, r: dict) -> dict:
+    """One benchmark cell as the --json file holds it: what ran (name, model, mode, ZeRO) and what it measured
+    (samples/s and tokens/s over both ranks, peak RSS per rank in MB), or the error it failed with."""
+    keep = {"samples_per_s": r.get("samples_per_s"), "tokens_per_s": r.get("tokens_per_s"),
+            "peak_rss_mb_per_rank": r.get("peak_mb")}
+    return {"name": name, "model": model, "mode": mode, "zero": zero,
+            **({"error": r["error"]} if "error" in r else keep)}
+
+
+def row(c: dict) -> str:
+    """The cell's line of the markdown table."""
+    head = f"| {c['model']} | {c['mode']} | {c['zero']} |"
+    if "error" in c:
+        return f"{head} failed: {c['error'][-160:]!r} | | |"
+    peak = c["peak_rss_mb_per_rank"]
+    mem = " / ".join(f"{m / 1024:.1f}" for m in peak) + " GB" if peak else "—"
+    tokens = f"{c['tokens_per_s']:.0f}" if c.get("tokens_per_s") else "—"
+    return f"{head} {c['samples_per_s']:.2f} | {tokens} | {mem} |"
+
+
+def ratio(cells: list[dict]) -> float | None:
+    """MiniLM samples/s, m2fdist over the HF Trainer, when both cells ran in this run."""
+    by = {c["name"]: c for c in cells if "error" not in c}
+    if "minilm" in by and "trainer" in by:
+        return by["minilm"]["samples_per_s"] / by["trainer"]["samples_per_s"]
+    return None
+
+
+def write_json(path: Path, cells: list[dict], argv: list[str], steps: int) -> None:
+    """Every cell of the run, for comparing runs and machines without parsing the table: the CPU, the command
+    and steps beside them (a figure means little without the machine it came from)."""
+    from meld_text import cpu_name
+
+    doc = {"cpu": cpu_name(), "command": " ".join(["bench/text_bench.py", *argv]), "steps": steps,
+           "ranks": 2, "cells": cells, "minilm_over_trainer": ratio(cells)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def run_cells(args: argparse.Namespace, paths: dict[str, Path], work: Path) -> list[dict]:
+    """Run the chosen cells one after the other (each prints its row as it ends); their records."""
+    cells, chosen = [], args.cells.split(",")
+
+    def done(c: dict) -> None:
+        cells.append(c)
+        print(row(c), flush=True)
+
+    if "minilm" in chosen:
+        r = measure(minilm_path(), MINILM_ARGS, args.steps, paths, work / "runs" / "minilm")
+        done(cell("minilm", "all-MiniLM-L6-v2 (m2fdist)", "full", "ZeRO-2", r))
+    if "trainer" in chosen:
+        r = measure_trainer(paths, args.steps, work / "runs" / "trainer")
+        done(cell("trainer", "all-MiniLM-L6-v2 (HF Trainer)", "full", "ZeRO-2", r))
+    if "decoder" in chosen:
+        modes, zeros = args.modes.split(","), args.zero.split(",")
+        for mode, extra in (("full", []), ("lora", LORA)):
+            for zero, ds in ZERO.items():
+                if mode not in modes or zero not in zeros:
+                    continue
+                r = measure(paths["decoder"], [*DECODER_ARGS, *extra, f"deepspeed={ds}"], args.steps, paths,
+                            work / "runs" / "decoder")
+                done(cell(f"decoder-{mode}-{zero}", f"decoder {args.size} (random)",
+                          "LoRA r16" if mode == "lora" else mode, zero, r))
+    return cells
 
 
 def main() -> None:
@@ -207,6 +289,7 @@ def main() -> None:
     p.add_argument("--modes", default="full,lora", help="decoder fine-tuning modes to run (full, lora)")
     p.add_argument("--zero", default=",".join(ZERO), help=f"ZeRO configs to run, of {list(ZERO)}")
     p.add_argument("--port", type=int, default=None, help="the launches' master port (default: a free one)")
+    p.add_argument("--json", type=Path, default=None, help="also write every cell (and the CPU) to this file")
     p.add_argument("--trainer-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -214,32 +297,16 @@ def main() -> None:
     if args.trainer_worker:
         trainer_worker(args.shards, args.work, args.steps)
         return
-    cells = args.cells.split(",")
     PORT[:] = [args.port] if args.port else []
     work = args.work or Path(tempfile.mkdtemp(prefix="m2fdist-text-bench-"))
-    paths = prepare(work, args.size if "decoder" in cells else None)
-    print("| model | fine-tuning | ZeRO | samples/s (2 ranks) | peak RSS rank 0 / 1 |")
-    print("|---|---|---|---|---|")
-    results = {}
-    if "minilm" in cells:
-        results["minilm"] = measure(minilm_path(), MINILM_ARGS, args.steps, paths, work / "runs" / "minilm")
-        print(row("all-MiniLM-L6-v2 (m2fdist)", "full", "ZeRO-2", results["minilm"]), flush=True)
-    if "trainer" in cells:
-        results["trainer"] = measure_trainer(paths, args.steps, work / "runs" / "trainer")
-        print(row("all-MiniLM-L6-v2 (HF Trainer)", "full", "ZeRO-2", results["trainer"]), flush=True)
-    if "decoder" in cells:
-        modes, zeros = args.modes.split(","), args.zero.split(",")
-        for mode, extra in (("full", []), ("lora", LORA)):
-            for zero, ds in ZERO.items():
-                if mode not in modes or zero not in zeros:
-                    continue
-                r = measure(paths["decoder"], [*DECODER_ARGS, *extra, f"deepspeed={ds}"], args.steps, paths,
-                            work / "runs" / "decoder")
-                print(row(f"decoder {args.size} (random)", "LoRA r16" if mode == "lora" else mode, zero, r),
-                      flush=True)
-    if "error" not in results.get("minilm", {"error": 1}) and "error" not in results.get("trainer", {"error": 1}):
-        ratio = results["minilm"]["samples_per_s"] / results["trainer"]["samples_per_s"]
-        print(f"\nMiniLM samples/s, m2fdist / HF Trainer: {ratio:.2f}")
+    paths = prepare(work, args.size if "decoder" in args.cells.split(",") else None)
+    print("| model | fine-tuning | ZeRO | samples/s (2 ranks) | tokens/s | peak RSS rank 0 / 1 |")
+    print("|---|---|---|---|---|---|")
+    cells = run_cells(args, paths, work)
+    if (r := ratio(cells)) is not None:
+        print(f"\nMiniLM samples/s, m2fdist / HF Trainer: {r:.2f}")
+    if args.json:
+        write_json(args.json, cells, sys.argv[1:], args.steps)
 
 
 if __name__ == "__main__":
