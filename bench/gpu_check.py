@@ -194,8 +194,9 @@ def train_rates(model: torch.nn.Module, loss: Callable[[], torch.Tensor], batch:
                 dev: torch.device, box: Box) -> dict[str, float]:
     """AdamW steps on ``loss`` under bf16 autocast: samples/s, tokens/s, TFLOP/s, MFU (throughput.py's)."""
     from m2fdist.training.throughput import rates, run_peak, train_flops_per_unit, units
+    from m2fdist.training.trainer import adamw  # the trainer's optimizer (fused where torch has the kernel)
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    opt = adamw([{"params": [p for p in model.parameters() if p.requires_grad]}], 1e-6)
 
     def forward() -> torch.Tensor:
         with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -247,6 +248,7 @@ def lora_zero3_row(cfg: Any, sizes: Sizes, dev: torch.device, box: Box) -> dict[
     from m2fdist.runtime.process import init_distributed, single_process_env
     from m2fdist.training.stages import TextStage
     from m2fdist.training.throughput import rates, run_peak, train_flops_per_unit, units
+    from m2fdist.training.trainer import adamw
 
     single_process_env()
     init_distributed()
@@ -257,7 +259,7 @@ def lora_zero3_row(cfg: Any, sizes: Sizes, dev: torch.device, box: Box) -> dict[
     model.prepare_finetune()  # LoRA (peft) and activation checkpointing, as the stage does
     stage = TextStage(cfg)
     ds, precision = deepspeed_config(cfg, 1)
-    optimizer = torch.optim.AdamW(stage.param_groups(model), lr=cfg.train.lr)
+    optimizer = adamw(stage.param_groups(model), cfg.train.lr)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
     b, length = cfg.data.batch_size, model.max_length
     ids = torch.randint(3, config.vocab_size, (b, length))
