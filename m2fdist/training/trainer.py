@@ -28,6 +28,7 @@ from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
 from m2fdist.models.device import device_of, dtype_of
 from m2fdist.runtime.precision import Precision
+from m2fdist.runtime.zero_norm import use_chunked_norm
 from m2fdist.training import checkpoint, preemption, runlock, throughput
 from m2fdist.training.stages import STAGE_TYPES
 from m2fdist.training.tracking import Tracker
@@ -184,6 +185,7 @@ class Trainer:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         _align_buffers(self.engine.module)
+        use_chunked_norm(self.engine.optimizer)  # ZeRO 1/2: the clipping norm without fp64 copies of every grad
         self.peak = throughput.run_peak(device_of(self.engine.module), self.precision.dtype, cfg.train.peak_tflops)
         if load:
             self._load(*load)
