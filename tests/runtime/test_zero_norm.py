@@ -46,7 +46,8 @@ torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(64, 3000), torch.nn.GELU(), torch.nn.Linear(3000, 5))
 config = json.load(open("configs/ds/zero2_fp32.json"))
 config.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1, train_batch_size=8)
-engine, *_ = deepspeed.initialize(model=model, optimizer=adamw([{"params": list(model.parameters())}], 1e-3), config=config)
+optimizer = adamw([{"params": list(model.parameters())}], 1e-3)
+engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
 opt = engine.optimizer
 assert use_chunked_norm(opt)
 chunked = opt.get_grad_norm_direct
