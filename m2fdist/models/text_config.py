@@ -50,6 +50,9 @@ class TextConfig:
     attn_implementation: str = ""  # "": transformers' default; eager, sdpa, flash_attention_2, ...
     torch_dtype: str = ""  # dtype the weights load in ("": float32); DeepSpeed's bf16 / fp16 casts them anyway
     padding_side: str = ""  # decoders: left | right ("": the tokenizer's); encoders always pad on the right
+    # ZeRO-3 only: build and load the model partitioned (deepspeed.zero.Init), each rank holding ~1/world of it
+    # from the start; false reads the whole model on every rank before DeepSpeed partitions it
+    partition_at_load: bool = True
 
     def __post_init__(self) -> None:
         if self.pooling not in ("", *POOLINGS):

@@ -68,6 +68,7 @@ def build_tiny_llama(
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
+    intermediate_size: int = 0,
     max_positions: int = 512,
     padding_side: str = "right",
     seed: int = 0,
@@ -94,7 +95,7 @@ def build_tiny_llama(
                                         model_max_length=max_positions, padding_side=padding_side)
     tokenizer.save_pretrained(out)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import RunConfig
 from m2fdist.runtime.precision import Precision, device_native_bf16
@@ -91,3 +93,68 @@ def precision_of(ds: dict[str, Any]) -> str:
     if ds.get("bf16", {}).get("enabled"):
         return "bf16"
     return "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def partition_at_load(ds: dict[str, Any]) -> Any | None:
+    """Under ZeRO-3: an object that, while it lives, makes transformers build every model partitioned
+    (``deepspeed.zero.Init``), whether read from a checkpoint folder (``from_pretrained``) or built from a config
+    with random weights (``from_config``): each rank holds about 1/world of the base from the moment it exists,
+    instead of the whole model until ``deepspeed.initialize`` partitions it (an 8B model in bf16: 16 GB per rank).
+    None under ZeRO 0-2.
+
+    Keep it for the run: transformers (loading, embedding resizes) and peft (adapter set-up reads the shapes of
+    the partitioned weights it wraps) look it up through a weak reference, and forget it once it is gone.
+    """
+    if zero_stage(ds) != 3:
+        return None
+    # here, not at the top: transformers costs seconds; audio, visual, fusion ranks never need it
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds)
+
+
+def cast_unpartitioned(model: Any, ds: dict[str, Any]) -> int:
+    """Cast the floating-point parameters that are not yet ZeRO-3's (built outside ``zero.Init``: the
+    classification head, peft's adapters) to the run's dtype; returns how many it cast.
+
+    ``deepspeed.initialize`` casts a model it partitions itself, but of one that is partly partitioned already it
+    partitions the rest without casting them (DeepSpeed 0.19, ``_convert_to_zero_parameters``): a bf16 run then
+    fails in its first forward (bf16 activations into an fp32 head: "mat1 and mat2 must have the same dtype").
+    """
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_of(ds), torch.float32)
+    cast = 0
+    for p in model.parameters():
+        if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast
+
+
+# Under ZeRO-3, at most this fraction of the model's parameters may stay gathered beyond the module computing
+# (prefetched ahead, or kept for reuse), each of the two limits below, unless the DeepSpeed JSON sets them.
+GATHERED_SHARE = 32
+GATHER_LIMITS = ("stage3_max_live_parameters", "stage3_max_reuse_distance")
+
+
+def cap_stage3_gathers(ds: dict[str, Any], n_params: int) -> dict[str, int]:
+    """Bound what ZeRO-3 keeps gathered to 1/:data:`GATHERED_SHARE` of the model each, where the JSON is silent;
+    returns the limits it set.
+
+    DeepSpeed (0.19) defaults both limits to 1e9 parameters: a gathered weight is not freed while it is used
+    again within 1e9 parameters' worth of modules, and prefetch may gather up to 1e9 ahead. Any model under
+    about 1B parameters therefore ends up wholly gathered on every rank after its first step, and an 8B one
+    holds 2 GB (bf16) on top of its partition: ZeRO-3 partitioned the weights but not the peak. Tied to the
+    model's size, the bound is the same share at every scale: 1/32 each keeps a rank at about 1/world of the
+    model plus 1/16, and an 8B model still prefetches more than a decoder layer ahead.
+    """
+    if zero_stage(ds) != 3:
+        return {}
+    zero = ds.setdefault("zero_optimization", {})
+    limit = max(1, n_params // GATHERED_SHARE)
+    set_now = {key: limit for key in GATHER_LIMITS if key not in zero}
+    zero.update(set_now)
+    return set_now

@@ -11,13 +11,17 @@
   the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
 - :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;
 - :func:`run_in_group`: a rank's work between the two, its failure a RunFailed naming the rank;
-- :func:`free_port`: the one free-port helper.
+- :func:`free_port`: the one free-port helper;
+- :func:`return_freed_memory`, :func:`trim_freed_memory`: freed buffers go back to the OS (glibc's malloc kept
+  them).
 
 Each workaround says which upstream version it works around.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import socket
 import sys
@@ -87,6 +91,45 @@ def own_ninja() -> Path | None:
     if path.split(os.pathsep)[0] != str(ninja.parent):
         os.environ["PATH"] = os.pathsep.join([str(ninja.parent), path]) if path else str(ninja.parent)
     return ninja
+
+
+# glibc's mallopt parameter for the mmap threshold, and the value set (the threshold's initial default, 128 KiB)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def return_freed_memory() -> bool:
+    """Serve every allocation of 128 KiB or more from its own mmap, so freeing it returns it to the OS at once;
+    unless MALLOC_MMAP_THRESHOLD_ already sets that. Returns whether it changed anything.
+
+    glibc (2.3x) raises its mmap threshold as big blocks are freed, up to 32 MiB, and blocks under it come from
+    the heap, which keeps what is freed for reuse. ZeRO-3 gathers each layer's weights into fresh buffers of a
+    few MB and frees them after the layer: with the moving threshold a rank's resident memory grew towards the
+    whole model although at most a few layers were ever gathered at once (a 41M-parameter decoder on 2 ranks:
+    the saving of partitioning gone from the peak). The fixed threshold is what ``MALLOC_MMAP_THRESHOLD_=131072``
+    would set at start-up; mallopt sets it for the running process, whichever launcher started it.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
+        return False
+
+
+def trim_freed_memory() -> None:
+    """Give the pages of freed heap memory back to the OS (glibc's ``malloc_trim``); nothing elsewhere.
+
+    Called after each ZeRO-3 optimizer step: the many small blocks (under the mmap threshold) that a step
+    allocates and frees leave free pages inside the heap that glibc only returns from its top. Without it a
+    rank's resting memory crept up by ~10 MB a step on a 530 MB decoder (2 ranks, fp32), all of it freed.
+    """
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def init_distributed() -> None:

@@ -32,7 +32,8 @@ TAG = re.compile(r"step\d{8}(_universal)?")
 # Settings a run may change when it resumes: they do not alter what the next step computes.
 RESUMABLE_CHANGES = ("output_dir", "resume", "allow_config_change", "train.epochs", "train.max_steps",
                      "train.save_every", "train.eval_every", "train.log_every", "train.keep_last",
-                     "train.stop_signals", "train.requeue", "data.num_workers", "data.eval_splits", "wandb.",
+                     "train.stop_signals", "train.requeue", "text.partition_at_load", "data.num_workers",
+                     "data.eval_splits", "wandb.",
                      # gone from run configs (extraction has its own); feature widths now come from the features
                      # (0 in the text / audio / visual stages), and a fusion run whose features changed fails on load
                      "extract.", "fusion.dim_text", "fusion.dim_audio", "fusion.dim_visual")

@@ -27,7 +27,9 @@ from m2fdist.config.errors import ConfigError
 from m2fdist.config.schema import RunConfig
 from m2fdist.evaluation.scoring import Outputs, collect, prediction_rows, score
 from m2fdist.models.device import device_of, dtype_of
+from m2fdist.runtime import deepspeed_config as ds_settings
 from m2fdist.runtime.precision import Precision
+from m2fdist.runtime.process import return_freed_memory, trim_freed_memory
 from m2fdist.runtime.zero_norm import use_chunked_norm
 from m2fdist.training import checkpoint, preemption, runlock, throughput
 from m2fdist.training.stages import STAGE_TYPES
@@ -132,6 +134,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.stage = STAGE_TYPES[cfg.stage](cfg)
+        self.partitioned_load: Any = None  # ZeRO-3: transformers' HfDeepSpeedConfig, alive while the run is
         self.state = State()
         self.last_saved = -1
         # the signals are caught from the start: one during set-up (loading, the first batches) is acted on at
@@ -153,8 +156,7 @@ class Trainer:
         cfg = self.cfg
         runlock.check_same_folder(cfg.output_dir)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = self.stage.build_model()
-        self.stage.prepare(model)
+        model = self._build()
         torch.manual_seed(cfg.train.seed + 1000 * self.rank)  # per-rank randomness from here on
         np.random.seed(cfg.train.seed + 1000 * self.rank)
         self.train_loader = self.stage.loader(cfg.data.train_split, True, self.rank, self.world)
@@ -202,6 +204,24 @@ class Trainer:
         self.ds_skipped = self.engine.skipped_steps  # steps DeepSpeed left unapplied so far (restored on resume)
         self.skipped_now = False  # this step was skipped as non-finite
 
+    def _build(self) -> torch.nn.Module:
+        """The stage's model; under ZeRO-3 a text model is built partitioned, and what ZeRO-3 may keep gathered
+        is bounded (:func:`~m2fdist.runtime.deepspeed_config.cap_stage3_gathers`)."""
+        cfg = self.cfg
+        self.zero3 = ds_settings.zero_stage(self.ds_config) == 3
+        if self.zero3:
+            return_freed_memory()  # gathered layers' buffers go back to the OS when freed, not to malloc's cache
+        # held for the run: transformers and peft look it up while the model is built and adapted
+        self.partitioned_load = (ds_settings.partition_at_load(self.ds_config)
+                                 if cfg.stage == "text" and cfg.text.partition_at_load else None)
+        model = self.stage.build_model()
+        self.stage.prepare(model)
+        if self.partitioned_load is not None:
+            ds_settings.cast_unpartitioned(model, self.ds_config)
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        ds_settings.cap_stage3_gathers(self.ds_config, n_params)
+        return model
+
     def _load(self, ckpt_dir: Path, tag: str) -> None:
         # a save without the frozen base (LoRA): build_model has just read the base from that same source
         partial = checkpoint.frozen_source(ckpt_dir, tag) is not None
@@ -247,6 +267,8 @@ class Trainer:
                 if st.batch % self.accum:
                     continue
                 st.step += 1
+                if self.zero3:
+                    trim_freed_memory()  # the step's small freed blocks: the resting level stays put
                 losses, micro = torch.stack(micro).float(), []
                 stopping = self._agree(losses)
                 self._count(time.time() - t0, samples, tokens)
