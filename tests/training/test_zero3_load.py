@@ -30,6 +30,13 @@ RUN = ["deepspeed=configs/ds/zero3_fp32.json", "text.finetune=lora", "text.lora.
        "wandb.mode=disabled", "precision=fp32"]
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -61,7 +68,9 @@ def _train(shards: Path, model: Path, out: Path, log: Path, *extra: str) -> floa
         def sample() -> None:
             while proc.poll() is None:
                 for pid in process_tree(proc.pid):
-                    if "--local_rank=" in _cmdline(pid):  # the ranks, not the runner or launcher
+                    # the ranks, not the runner or launcher, nor a rank's forked child before its exec (its
+                    # cmdline is still the rank's, its shared pages counted as its own)
+                    if "--local_rank=" in _cmdline(pid) and "--local_rank=" not in _cmdline(_parent(pid)):
                         peaks[pid] = max(peaks.get(pid, 0.0), _anon_mb(pid))
                 time.sleep(0.05)
 
