@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import socket
 import sys
@@ -111,12 +112,8 @@ def return_freed_memory() -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
-        return False
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def trim_freed_memory() -> None:
@@ -126,10 +123,20 @@ def trim_freed_memory() -> None:
     allocates and frees leave free pages inside the heap that glibc only returns from its top. Without it a
     rank's resting memory crept up by ~10 MB a step on a 530 MB decoder (2 ranks, fp32), all of it freed.
     """
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library once per process, if it is glibc (with mallopt and malloc_trim); None elsewhere (musl,
+    macOS). Cached: ``find_library`` runs ldconfig in a subprocess, too slow for every optimizer step."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def init_distributed() -> None:
