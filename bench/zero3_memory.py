@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ BOUND = 0.6  # of the whole model's bytes, over the tiny size's peak
 
 
 class Sampler:
-    """This process's anonymous resident memory (MB): the peak of each phase, sampled every 20 ms."""
+    """This process's anonymous resident memory (MB): the peak of each phase, sampled every 20 ms, and where the
+    main thread was when it was reached (its innermost frames): what holds the memory, not a guess."""
 
     def __init__(self) -> None:
-        self.phase, self.peaks = "start", {}
+        self.phase, self.peaks, self.where = "start", {}, {}
+        self.main = threading.get_ident()
         threading.Thread(target=self._loop, daemon=True).start()
 
     @staticmethod
@@ -70,13 +73,19 @@ class Sampler:
 
     def mark(self, phase: str | None = None) -> None:
         value = self.anon_mb()
-        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), value)
+        if value > self.peaks.get(self.phase, 0.0):
+            self.peaks[self.phase] = value
+            frame = sys._current_frames().get(self.main)
+            if frame is not None and phase is None:
+                frames = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
+                # innermost last; no source lines read (linecache would hold whole files: memory it measures)
+                self.where[self.phase] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[7::-1]]
         if phase:
             self.phase = phase
             self.peaks[phase] = value
 
 
-def worker(size: str, steps: int, tokens: int, out: Path) -> None:
+def worker(size: str, steps: int, tokens: int, out: Path, share: int | None = None) -> None:
     """One rank: build the partitioned LoRA model, train ``steps`` steps, write this rank's phase peaks."""
     sampler = Sampler()
     import deepspeed
@@ -87,6 +96,7 @@ def worker(size: str, steps: int, tokens: int, out: Path) -> None:
     from m2fdist.models.text import TextModel, model_kwargs
     from m2fdist.runtime import deepspeed_config as ds_settings
     from m2fdist.runtime.process import init_distributed, return_freed_memory, trim_freed_memory
+    from m2fdist.runtime.zero3_embedding import shard_frozen_embeddings
     from m2fdist.training.stages import TextStage
     from m2fdist.training.trainer import adamw
 
@@ -103,6 +113,9 @@ def worker(size: str, steps: int, tokens: int, out: Path) -> None:
     model.prepare_finetune()
     ds_settings.cast_unpartitioned(model, ds)
     every = [(getattr(p, "ds_numel", p.numel()), p.requires_grad, p.element_size()) for p in model.parameters()]
+    shard_frozen_embeddings(model)  # as the run does: a frozen embedding looked up from the partitions
+    if share:
+        ds_settings.GATHERED_SHARE = share
     ds_settings.cap_stage3_gathers(ds, sum(n for n, _, _ in every))
     sampler.mark("initialize")
     stage = TextStage(cfg)
@@ -124,7 +137,7 @@ def worker(size: str, steps: int, tokens: int, out: Path) -> None:
     record = {"size": size, "rank": engine.global_rank, "params": sum(n for n, _, _ in every),
               "trained": sum(n for n, g, _ in every if g), "precision": precision.dtype,
               "base_bytes": sum(n * e for n, g, e in every if not g), "losses": losses, "seconds": seconds,
-              "phase_peak_mb": {k: round(v, 1) for k, v in sampler.peaks.items()},
+              "phase_peak_mb": {k: round(v, 1) for k, v in sampler.peaks.items()}, "peak_where": sampler.where,
               "peak_mb": round(max(sampler.peaks.values()), 1)}
     (out / f"{size}.rank{engine.global_rank}.json").write_text(json.dumps(record))
 
@@ -135,7 +148,8 @@ def launch(size: str, args: argparse.Namespace, out: Path) -> list[dict[str, Any
 
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks), "--master_port",
            str(args.port or free_port()), __file__, "--worker", size, "--steps", str(args.steps), "--tokens",
-           str(args.tokens), "--out", str(out)]
+           str(args.tokens), "--out", str(out), *(["--gathered-share", str(args.gathered_share)]
+                                                   if args.gathered_share else [])]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
     log = out / f"{size}.log"
     with log.open("w") as f:
@@ -152,13 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=64, help="tokens of the one sample per rank and step")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--gathered-share", type=int, help="ZeRO-3 may keep 1/N of the model gathered (default: the "
+                   "run's, m2fdist.runtime.deepspeed_config.GATHERED_SHARE)")
     p.add_argument("--json", type=Path, help="write every size's records here")
     p.add_argument("--out", type=Path, default=Path("/tmp/zero3_memory"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.steps, args.tokens, args.out)
+        return worker(args.worker, args.steps, args.tokens, args.out, args.gathered_share)
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]
     if unknown or sizes[0] != "tiny":

@@ -13,7 +13,8 @@
 - :func:`run_in_group`: a rank's work between the two, its failure a RunFailed naming the rank;
 - :func:`free_port`: the one free-port helper;
 - :func:`return_freed_memory`, :func:`trim_freed_memory`: freed buffers go back to the OS (glibc's malloc kept
-  them).
+  them);
+- :func:`init_distributed` gives DeepSpeed gloo all-gathers that hold what they gather once (:mod:`.gloo_gather`).
 
 Each workaround says which upstream version it works around.
 """
@@ -35,6 +36,7 @@ import torch.distributed as dist
 
 from m2fdist.common.errors import RunFailed
 from m2fdist.runtime import shm_buffers
+from m2fdist.runtime.gloo_gather import gather_in_place
 from m2fdist.runtime.jit_lock import stale_lock_watch
 
 
@@ -150,6 +152,7 @@ def init_distributed() -> None:
         shm_buffers.remove_orphans()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    gather_in_place()  # gloo: a gathered weight held once while it is gathered, not twice
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from m2fdist.models.device import device_of, dtype_of
 from m2fdist.runtime import deepspeed_config as ds_settings
 from m2fdist.runtime.precision import Precision
 from m2fdist.runtime.process import return_freed_memory, trim_freed_memory
+from m2fdist.runtime.zero3_embedding import shard_frozen_embeddings
 from m2fdist.runtime.zero_norm import use_chunked_norm
 from m2fdist.training import checkpoint, preemption, runlock, throughput
 from m2fdist.training.stages import STAGE_TYPES
@@ -205,7 +206,8 @@ class Trainer:
         self.skipped_now = False  # this step was skipped as non-finite
 
     def _build(self) -> torch.nn.Module:
-        """The stage's model; under ZeRO-3 a text model is built partitioned, and what ZeRO-3 may keep gathered
+        """The stage's model; under ZeRO-3 a text model is built partitioned, its frozen input embedding is looked
+        up from the partitions (:mod:`~m2fdist.runtime.zero3_embedding`), and what ZeRO-3 may keep gathered
         is bounded (:func:`~m2fdist.runtime.deepspeed_config.cap_stage3_gathers`)."""
         cfg = self.cfg
         self.zero3 = ds_settings.zero_stage(self.ds_config) == 3
@@ -218,6 +220,11 @@ class Trainer:
         self.stage.prepare(model)
         if self.partitioned_load is not None:
             ds_settings.cast_unpartitioned(model, self.ds_config)
+            if self.stage.frozen_source() is not None:  # frozen weights are read back from there, never saved
+                looked_up = shard_frozen_embeddings(model)
+                if looked_up and self.rank == 0:
+                    print(f"ZeRO-3: {', '.join(looked_up)} looked up from the ranks' partitions, not gathered",
+                          file=sys.stderr)
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         ds_settings.cap_stage3_gathers(self.ds_config, n_params)
         return model

@@ -99,6 +99,9 @@ def test_zero3_partitions_the_text_model_as_it_loads(meld_shards, tmp_path):
           f"{whole:.0f} MB, tiny model {base:.0f} MB")
     assert parted - base <= 0.8 * model_mb, (parted, base, model_mb)  # about half the model, not all of it
     assert whole - base >= 0.9 * model_mb, (whole, base, model_mb)  # the old way: the whole model on each rank
+    # the partitioned run looked its frozen embedding up from the partitions; the other gathered it (whole)
+    said = "looked up from the ranks' partitions, not gathered"
+    assert said in (tmp_path / "parted.log").read_text() and said not in (tmp_path / "whole.log").read_text()
     # the same training, and the same model exported
     loss = {run: [r["loss"] for r in records(tmp_path / run)] for run in ("parted", "whole")}
     assert loss["parted"] == pytest.approx(loss["whole"], rel=1e-5)
