@@ -7,6 +7,7 @@
   OMP_NUM_THREADS, and 2 ranks on 2 cores ran 4 spinning threads);
 - :func:`own_ninja`: DeepSpeed's JIT ops are built with the ninja installed beside this Python, whatever PATH
   says (two ninja versions rebuilt the CPU comm op at every launch);
+- :func:`own_extensions`: ... and into this environment's own folder (two environments rebuilt each other's);
 - :func:`started`: the process group, with the stale JIT-lock watcher (:mod:`.jit_lock`) around its start and
   the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
 - :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;
@@ -96,6 +97,23 @@ def own_ninja() -> Path | None:
     return ninja
 
 
+def own_extensions() -> str | None:
+    """Build DeepSpeed's JIT ops into this environment's own folder (``<venv>/torch_extensions``) unless
+    TORCH_EXTENSIONS_DIR says where; returns the folder used, None where torch's default stays.
+
+    torch keeps every environment's builds in one ``~/.cache/torch_extensions``, and a build's ``build.ninja``
+    names its environment's paths: two checkouts' environments on one machine (or one home directory on a
+    cluster) rebuilt each other's CPU comm op at every switch, about a minute on 2 cores while the other ranks
+    waited. A Python outside a virtual environment, or one whose folder is not writable, keeps the default.
+    """
+    if "TORCH_EXTENSIONS_DIR" in os.environ:
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    if sys.prefix == sys.base_prefix or not os.access(sys.prefix, os.W_OK):
+        return None
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+    return os.environ["TORCH_EXTENSIONS_DIR"]
+
+
 # glibc's mallopt parameter for the mmap threshold, and the value set (the threshold's initial default, 128 KiB)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024
@@ -148,6 +166,7 @@ def init_distributed() -> None:
 
     share_cores()
     own_ninja()
+    own_extensions()
     if local_leader():
         shm_buffers.remove_orphans()
     if not dist.is_initialized():
@@ -158,6 +177,7 @@ def init_distributed() -> None:
 @contextmanager
 def started() -> Iterator[None]:
     """The process group up, with the JIT build-lock watcher running while it starts (and the work runs)."""
+    own_extensions()  # before the watcher looks for locks there
     with stale_lock_watch(enabled=local_leader()):
         init_distributed()
         yield

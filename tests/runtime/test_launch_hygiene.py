@@ -81,6 +81,19 @@ def test_jit_builds_use_the_environments_ninja(monkeypatch):
     assert os.environ["PATH"] == f"{BIN}{os.pathsep}/usr/bin:/bin"
 
 
+def test_jit_builds_go_to_the_environments_own_folder(monkeypatch, tmp_path):
+    """Two environments no longer share (and rebuild) each other's ops; a folder the user names wins."""
+    from m2fdist.runtime.jit_lock import extensions_root
+    from m2fdist.runtime.process import own_extensions
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert sys.prefix != sys.base_prefix  # the suite runs in the project's virtual environment
+    assert own_extensions() == str(Path(sys.prefix) / "torch_extensions")
+    assert extensions_root() == Path(sys.prefix) / "torch_extensions"  # where torch builds, and locks are looked for
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert own_extensions() == str(tmp_path) and os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
+
+
 def test_orphaned_shm_buffers_are_removed(tmp_path):
     uid = os.getuid()
     names = {n: tmp_path / f"{PREFIX}_{uid}_127.0.0.1_{n}_0" for n in ("orphan", "mapped", "open")}
