@@ -23,9 +23,9 @@ def test_only_zero3_builds_partitioned_and_transformers_sees_it_while_it_is_held
 
 def test_the_gather_caps_are_a_share_of_the_model_and_never_override_the_json():
     ds = {"zero_optimization": {"stage": 3, "stage3_max_reuse_distance": 7}}
-    assert ds_settings.cap_stage3_gathers(ds, 3200) == {"stage3_max_live_parameters": 100}
+    assert ds_settings.cap_stage3_gathers(ds, 6400) == {"stage3_max_live_parameters": 100}  # 1/64
     assert ds["zero_optimization"] == {"stage": 3, "stage3_max_reuse_distance": 7, "stage3_max_live_parameters": 100}
-    assert ds_settings.cap_stage3_gathers({"zero_optimization": {"stage": 2}}, 3200) == {}
+    assert ds_settings.cap_stage3_gathers({"zero_optimization": {"stage": 2}}, 6400) == {}
 
 
 def test_parameters_outside_zero_init_take_the_runs_dtype_and_partitioned_ones_are_left():
