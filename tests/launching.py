@@ -104,6 +104,16 @@ def deepspeed(script: str, config: str, overrides: list[str], log: Path, n: int 
     return run(cmd, log, **kw)
 
 
+def two_ranks(source: str, folder: Path, name: str) -> Any:
+    """Run ``source`` (a script whose last argument is where rank 0 writes JSON) as 2 ranks under the deepspeed
+    launcher, from ``folder``; returns what it wrote (its log: ``folder/name.log``)."""
+    script, out = folder / f"{name}.py", folder / f"{name}.json"
+    script.write_text(source)
+    run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(script), str(out)],
+        folder / f"{name}.log")
+    return json.loads(out.read_text())
+
+
 def records(out: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -70,15 +68,9 @@ if engine.global_rank == 0:
 
 @pytest.mark.launch
 def test_a_zero2_engine_clips_with_the_chunked_norm_deepspeeds_own_figure(tmp_path):
-    from launching import BIN, run
+    from launching import two_ranks
 
-    from m2fdist.runtime.process import free_port
-
-    script, out = tmp_path / "norm.py", tmp_path / "norms.json"
-    script.write_text(SCRIPT)
-    run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(script), str(out)],
-        tmp_path / "norm.log")
-    got = json.loads(out.read_text())
+    got = two_ranks(SCRIPT, tmp_path, "norm")
     assert len(got["seen"]) == 3, got  # one norm per optimizer step, each through the chunked method
     for ours, deepspeeds in got["seen"]:
         assert deepspeeds > 1.0  # clipping (at 1.0) acted on a real norm, not a masked -1
