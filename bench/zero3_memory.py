@@ -114,9 +114,7 @@ def worker(size: str, steps: int, tokens: int, out: Path, share: int | None = No
     ds_settings.cast_unpartitioned(model, ds)
     every = [(getattr(p, "ds_numel", p.numel()), p.requires_grad, p.element_size()) for p in model.parameters()]
     shard_frozen_embeddings(model)  # as the run does: a frozen embedding looked up from the partitions
-    if share:
-        ds_settings.GATHERED_SHARE = share
-    ds_settings.cap_stage3_gathers(ds, sum(n for n, _, _ in every))
+    ds_settings.cap_stage3_gathers(ds, sum(n for n, _, _ in every), share or ds_settings.GATHERED_SHARE)
     sampler.mark("initialize")
     stage = TextStage(cfg)
     engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(stage.param_groups(model), cfg.train.lr),

@@ -140,9 +140,9 @@ GATHERED_SHARE = 64
 GATHER_LIMITS = ("stage3_max_live_parameters", "stage3_max_reuse_distance")
 
 
-def cap_stage3_gathers(ds: dict[str, Any], n_params: int) -> dict[str, int]:
-    """Bound what ZeRO-3 keeps gathered to 1/:data:`GATHERED_SHARE` of the model each, where the JSON is silent;
-    returns the limits it set.
+def cap_stage3_gathers(ds: dict[str, Any], n_params: int, share: int = GATHERED_SHARE) -> dict[str, int]:
+    """Bound what ZeRO-3 keeps gathered to 1/``share`` of the model each, where the JSON is silent; returns the
+    limits it set.
 
     DeepSpeed (0.19) defaults both limits to 1e9 parameters: a gathered weight is not freed while it is used
     again within 1e9 parameters' worth of modules, and prefetch may gather up to 1e9 ahead. Any model under
@@ -159,7 +159,7 @@ def cap_stage3_gathers(ds: dict[str, Any], n_params: int) -> dict[str, int]:
     if zero_stage(ds) != 3:
         return {}
     zero = ds.setdefault("zero_optimization", {})
-    limit = max(1, n_params // GATHERED_SHARE)
+    limit = max(1, n_params // share)
     set_now = {key: limit for key in GATHER_LIMITS if key not in zero}
     zero.update(set_now)
     return set_now

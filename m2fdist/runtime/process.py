@@ -7,7 +7,7 @@
   OMP_NUM_THREADS, and 2 ranks on 2 cores ran 4 spinning threads);
 - :func:`own_ninja`: DeepSpeed's JIT ops are built with the ninja installed beside this Python, whatever PATH
   says (two ninja versions rebuilt the CPU comm op at every launch);
-- :func:`own_extensions`: ... and into this environment's own folder (two environments rebuilt each other's);
+- :func:`own_extensions`: and into this environment's own folder (two environments rebuilt each other's ops);
 - :func:`started`: the process group, with the stale JIT-lock watcher (:mod:`.jit_lock`) around its start and
   the orphaned /dev/shm buffers of DeepSpeed's CPU allreduce (:mod:`.shm_buffers`) cleared first;
 - :func:`shutdown`: leave the group together, release this rank's shm buffer, exit without C++ teardown;

@@ -33,19 +33,16 @@ def local_rows(shard: Tensor, start: int, ids: Tensor, dim: int) -> Tensor:
     out = torch.zeros(flat.numel(), dim, dtype=shard.dtype, device=shard.device)
     stop = start + shard.numel()
     first, last = -(-start // dim), stop // dim  # the rows held whole: [first, last)
-    if last > first:
+    if last > first:  # (masks with no hit index nothing: no host read of whether they hit)
         whole = (flat >= first) & (flat < last)
-        if bool(whole.any()):
-            table = shard[first * dim - start:last * dim - start].view(-1, dim)
-            out[whole] = table[flat[whole] - first]
+        table = shard[first * dim - start:last * dim - start].view(-1, dim)
+        out[whole] = table[flat[whole] - first]
     # at most two rows are held in part: the one the slice starts inside and the one it ends inside
     for row in sorted({start // dim, (stop - 1) // dim}):
         lo, hi = max(start, row * dim), min(stop, (row + 1) * dim)
         if hi - lo == dim or hi <= lo:
             continue  # held whole (done above), or not at all
-        hit = flat == row
-        if bool(hit.any()):
-            out[hit, lo - row * dim:hi - row * dim] = shard[lo - start:hi - start]
+        out[flat == row, lo - row * dim:hi - row * dim] = shard[lo - start:hi - start]
     return out
 
 
