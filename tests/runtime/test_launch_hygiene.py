@@ -43,11 +43,19 @@ def test_stale_build_lock_is_removed(tmp_path):
     assert remove_stale_locks(tmp_path, stale_after=300, now=now, settle=0.01) == [held]
 
 
-def test_launch_survives_a_killed_build(work, features, tmp_path):
+def test_launch_survives_a_killed_build(work, features, tmp_path, monkeypatch):
     """A lock left by a process killed mid-build used to hang every later launch in init_distributed."""
-    from torch.utils.cpp_extension import _get_build_directory
+    from m2fdist.runtime.jit_lock import extensions_root
+    from m2fdist.runtime.process import own_extensions
 
-    built = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))  # built by the fixtures' launches
+    # where the fixtures' launches built the op: the environment's own folder, as in every rank (the test
+    # process itself never chose it; torch's default ~/.cache folder is empty on a fresh machine)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", ENV.get("TORCH_EXTENSIONS_DIR", ""))
+    if not ENV.get("TORCH_EXTENSIONS_DIR"):
+        monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    own_extensions()
+    built = extensions_root() / "deepspeed_shm_comm"
+    assert (built / "deepspeed_shm_comm.so").is_file(), f"the fixtures' launches built no op in {built}"
     ext = tmp_path / "torch_extensions"
     shutil.copytree(built, ext / built.name)  # mtimes kept: ninja finds the build up to date
     lock = ext / built.name / "lock"
