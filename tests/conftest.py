@@ -44,6 +44,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
            if len(m := {mark.name for mark in item.iter_markers()} & set(MARKERS)) != 1]
     if bad:
         raise pytest.UsageError("every test is marked exactly one of unit / launch:\n  " + "\n  ".join(bad))
+    group_trained_stages(items)
+
+
+# The session fixtures that train (the stage runs, their features, the pipeline folder, the uninterrupted run, and
+# the SLURM cluster they are preempted on).
+SHARED_RUNS = {"stage_runs", "features", "pipeline_runs", "unstopped_text_run", "slurm"}
+
+
+def group_trained_stages(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: two workers, ``--dist loadgroup``) every module with a test that needs one
+    of SHARED_RUNS runs whole in one worker: each fixture is trained once, and the tests of a module keep the
+    order they were written in (some read what an earlier one trained). The other worker takes the rest."""
+    modules = {item.path for item in items if SHARED_RUNS & set(getattr(item, "fixturenames", ()))}
+    for item in items:
+        if item.path in modules:
+            item.add_marker(pytest.mark.xdist_group("trained-stages"))
 
 
 @pytest.fixture(scope="session")
