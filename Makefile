@@ -31,12 +31,12 @@ $(UV):
 	$(PY) -m compileall -q -j 0 .venv/lib m2fdist > /dev/null
 	touch $@
 
-# Two pytest workers (pytest-xdist): the modules that share the trained tiny stages run in one (tests/conftest.py,
-# group_trained_stages), everything else in the other, so the launches' single-threaded start and exit (the
+# Two pytest workers (pytest-xdist): the modules that share the trained tiny stages run in one (tests/scheduling.py),
+# everything else in the other, so the launches' single-threaded start and exit (the
 # deepspeed runner, its launch.py, each rank's imports) overlap with other work. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install .venv/.compiled
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # The unit tests only (no deepspeed launch, no training): seconds to a few minutes.
 test-fast: install .venv/.compiled

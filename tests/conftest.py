@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from filesystems import tmpfs
 from launching import BIN, ENV, STOPPABLE_RUN, common, concurrently, deepspeed, fusion_args, local_slurm
+from scheduling import TrainedStagesScheduling, check_grouped
 
 from m2fdist.data.texts import shard_texts
 from m2fdist.inference.export import export
@@ -44,22 +45,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
            if len(m := {mark.name for mark in item.iter_markers()} & set(MARKERS)) != 1]
     if bad:
         raise pytest.UsageError("every test is marked exactly one of unit / launch:\n  " + "\n  ".join(bad))
-    group_trained_stages(items)
+    check_grouped(items, config.rootpath)
 
 
-# The session fixtures that train (the stage runs, their features, the pipeline folder, the uninterrupted run, and
-# the SLURM cluster they are preempted on).
-SHARED_RUNS = {"stage_runs", "features", "pipeline_runs", "unstopped_text_run", "slurm"}
-
-
-def group_trained_stages(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`: two workers, ``--dist loadgroup``) every module with a test that needs one
-    of SHARED_RUNS runs whole in one worker: each fixture is trained once, and the tests of a module keep the
-    order they were written in (some read what an earlier one trained). The other worker takes the rest."""
-    modules = {item.path for item in items if SHARED_RUNS & set(getattr(item, "fixturenames", ()))}
-    for item in items:
-        if item.path in modules:
-            item.add_marker(pytest.mark.xdist_group("trained-stages"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> TrainedStagesScheduling | None:
+    """Under ``-n N`` (`make test`): the trained stages' modules in one worker (tests/scheduling.py); an explicit
+    ``--dist`` other than load keeps pytest-xdist's own."""
+    return TrainedStagesScheduling(config, log) if config.getvalue("dist") == "load" else None
 
 
 @pytest.fixture(scope="session")
