@@ -32,8 +32,8 @@ $(UV):
 	touch $@
 
 # Two pytest workers (pytest-xdist): the modules that share the trained tiny stages run in one (tests/scheduling.py),
-# everything else in the other, so the launches' single-threaded start and exit (the
-# deepspeed runner, its launch.py, each rank's imports) overlap with other work. TEST_WORKERS=0: one process.
+# everything else in the other, so the launches' single-threaded start and exit (the deepspeed runner, its
+# launch.py, each rank's imports) overlap with other work. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install .venv/.compiled
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
